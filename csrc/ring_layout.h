@@ -1,0 +1,285 @@
+/*
+ * ring_layout.h - every byte of a pyseq ring, the shared-memory object /dev/shm/pyseq.<name>.
+ *
+ * This header is the one source of truth for the layout.  The C core includes it; Python reads the
+ * same structs through cffi (ffi.offsetof / ffi.sizeof), and tests/test_layout.py compares them with
+ * the offsets drawn below.  All integers are little-endian (the host's; a ring never leaves its host).
+ * Every time in the ring (timestamps and heartbeats) is CLOCK_REALTIME nanoseconds, so one clock
+ * read per publish serves both.
+ *
+ * The whole file
+ * ==============
+ *
+ *   0                    4096 (PYSEQ_RING_CURSORS_OFFSET)       slots_offset              file_length
+ *   +--------------------+------------------------------------+-------------------------+
+ *   | header page        | cursor table                       | slots                   |
+ *   | 4 KiB              | max_readers x 128 B, page-rounded  | capacity x slot_size B  |
+ *   | writer: RW         | each reader: RW (its own entry)    | writer: RW              |
+ *   | readers: read-only |                                    | readers: read-only      |
+ *   +--------------------+------------------------------------+-------------------------+
+ *
+ * Readers map the three parts separately, so only the cursor table is writable to them: a buggy
+ * reader cannot corrupt the header or the stream.  slots_offset is a multiple of the page size.
+ *
+ * The header page (pyseq_ring_header_t, 4096 bytes)
+ * =================================================
+ *
+ *    0                   1                   2                   3
+ *    0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
+ *   +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+ *   |                      magic "PYSEQRNG"                           |   0  descriptor: written once by
+ *   |                                                               |      the creator, never changed
+ *   +---------------------------------------------------------------+
+ *   |                 layout_version (store-release LAST)           |   8
+ *   +---------------------------------------------------------------+
+ *   |                          slot_size                            |  12
+ *   +---------------------------------------------------------------+
+ *   |                          capacity                             |  16  slots, a power of two
+ *   |                                                               |
+ *   +---------------------------------------------------------------+
+ *   |                         max_readers                           |  24  cursor table entries
+ *   +---------------------------------------------------------------+
+ *   |                        flags (0, reserved)                    |  28
+ *   +---------------------------------------------------------------+
+ *   |                       cursors_offset                          |  32  = 4096
+ *   |                                                               |
+ *   +---------------------------------------------------------------+
+ *   |                        slots_offset                           |  40
+ *   |                                                               |
+ *   +---------------------------------------------------------------+
+ *   |                        file_length                            |  48
+ *   |                                                               |
+ *   +---------------------------------------------------------------+
+ *   |                  created_ns (CLOCK_REALTIME)                  |  56
+ *   |                                                               |
+ *   +---------------------------------------------------------------+
+ *   |                       first_sequence                          |  64  first sequence this ring
+ *   |                                                               |      gives (>= 1)
+ *   +---------------------------------------------------------------+
+ *   |                 name[56] (NUL-terminated)                     |  72
+ *   ...                                                           ...
+ *   +---------------------------------------------------------------+
+ *   |                         writer_pid                            | 128  writer liveness line:
+ *   |                                                               |      writer only, relaxed
+ *   +---------------------------------------------------------------+
+ *   |                  writer_heartbeat_ns (CLOCK_REALTIME)         | 136  refreshed on every publish
+ *   |                                                               |      and by heartbeat()
+ *   +---------------------------------------------------------------+
+ *   |                       eviction_count                          | 144  gating readers evicted
+ *   |                                                               |
+ *   +---------------------------------------------------------------+
+ *   |                        writer_state                           | 152  0 none, 1 open, 2 closed
+ *   +---------------------------------------------------------------+
+ *   |                   pad to 256                                  | 156
+ *   +---------------------------------------------------------------+
+ *   |                     published_sequence                        | 256  own 128-byte line: last
+ *   |                                                               |      sequence published (0 =
+ *   +---------------------------------------------------------------+      none); store-release
+ *   |                   pad to 384                                  |
+ *   +---------------------------------------------------------------+
+ *   |                     journaled_sequence                        | 384  own line: last sequence
+ *   |                                                               |      on disk (the journaler)
+ *   +---------------------------------------------------------------+
+ *   |                   reserved, zero, to 4096                     | 392
+ *   +---------------------------------------------------------------+
+ *
+ * A cursor (pyseq_cursor_t, 128 bytes, one per reader, each on its own pair of cache lines)
+ * ========================================================================================
+ *
+ *   +---------------------------------------------------------------+
+ *   |                          sequence                             |   0  last sequence consumed;
+ *   |                                                               |      owner: store-release
+ *   +---------------------------------------------------------------+
+ *   |                           state                               |   8  FREE/CLAIMED/ACTIVE/EVICTED
+ *   +---------------------------------------------------------------+
+ *   |                           gating                              |  12  1: holds the writer back
+ *   +---------------------------------------------------------------+
+ *   |                            pid                                |  16
+ *   |                                                               |
+ *   +---------------------------------------------------------------+
+ *   |                 heartbeat_ns (CLOCK_REALTIME)                 |  24  refreshed while waiting
+ *   |                                                               |
+ *   +---------------------------------------------------------------+
+ *   |                         name[32]                              |  32
+ *   ...                                                           ...
+ *   +---------------------------------------------------------------+
+ *   |                         pad to 128                            |  64
+ *   +---------------------------------------------------------------+
+ *
+ * A slot (slot_size bytes, a multiple of 64; slot of sequence s is at slots + (s & (capacity-1)) * slot_size)
+ * =========================================================================================================
+ *
+ *   +---------------------------------------------------------------+
+ *   |                          sequence                             |   0  0 = never written;
+ *   |                                                               |      -s = being written;
+ *   +---------------------------------------------------------------+      s = complete (release)
+ *   |                  timestamp_ns (CLOCK_REALTIME)                |   8  the sequencing time
+ *   |                                                               |
+ *   +---------------------------------------------------------------+
+ *   |                           length                              |  16  payload bytes
+ *   +-------------------------------+-------------------------------+
+ *   |           msg_type            |        schema_version         |  20
+ *   +-------------------------------+-------------------------------+
+ *   |                           source                              |  24  who submitted it
+ *   +---------------------------------------------------------------+
+ *   |                           flags                               |  28  0; reserved for markers
+ *   +---------------------------------------------------------------+
+ *   |                  payload (slot_size - 32 bytes)               |  32
+ *   ...                                                           ...
+ *   +---------------------------------------------------------------+
+ *
+ * Who writes what, and in which order
+ * ===================================
+ *
+ * Creation: the creator writes the whole descriptor, zeroes the rest (ftruncate does), then stores
+ * layout_version with release.  Attach treats layout_version 0 as "not ready yet" and rejects a
+ * major version it does not know.
+ *
+ * Publishing sequence s (the writer, one process):
+ *   1. store slot.sequence = -s (relaxed), then a release fence: the slot is "being written";
+ *   2. write the frame fields and the payload (plain stores);
+ *   3. store slot.sequence = s with release;                     <- pairs with reader step 1
+ *   4. store header.published_sequence = s with release (after a batch: once, for its last s).
+ *
+ * Reading sequence s (a reader; copy, then validate: a seqlock):
+ *   1. load slot.sequence with acquire; s: go on; below s: not yet published; else: lapped;
+ *   2. copy frame and payload out (plain loads) - for a batch, slots s..s+n-1, each checked as in 1;
+ *   3. acquire fence, then load slot(s).sequence again (relaxed): still s means the copy is whole;
+ *      anything else means the writer began overwriting it (step 1 of s + capacity): lapped.
+ *      For a batch, checking the first slot is enough: the writer overwrites slots in order.
+ *   4. store cursor.sequence = last s read, with release.       <- pairs with writer gating scan
+ *
+ * Gating: before publishing s the writer needs s - capacity <= every ACTIVE gating cursor's
+ * sequence (the slot it overwrites was consumed).  It keeps the minimum in a process-local cache
+ * and rescans the cursor table (load-acquire of each cursor.sequence) only when s - capacity passes
+ * the cache (the wrap point), like the Disruptor's SingleProducerSequencer.
+ *
+ * Cursor registration: CAS state FREE -> CLAIMED, fill pid/name/gating/sequence, store state ACTIVE
+ * with release.  A cursor whose pid is gone may be reclaimed the same way (CAS from its old state).
+ * Eviction: the writer (or any process that finds the owner dead) CASes ACTIVE -> EVICTED and
+ * increments header.eviction_count; the writer ignores cursors that are not ACTIVE.
+ *
+ * Memory ordering, as pairs
+ * =========================
+ *   writer store-release slot.sequence (publish step 3)  <->  reader load-acquire slot.sequence (read step 1)
+ *   writer release fence after -s (publish step 1)        <->  reader acquire fence before re-check (read step 3)
+ *   reader store-release cursor.sequence (read step 4)    <->  writer load-acquire in the gating scan
+ *   creator store-release layout_version                  <->  attach load-acquire layout_version
+ *   registrant store-release cursor.state = ACTIVE        <->  writer load-acquire of cursor.state in the scan
+ */
+#ifndef PYSEQ_RING_LAYOUT_H
+#define PYSEQ_RING_LAYOUT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define PYSEQ_CACHE_LINE 64
+#define PYSEQ_PADDED_LINE (2 * PYSEQ_CACHE_LINE) /* two lines: defeats the adjacent-line prefetcher */
+
+#define PYSEQ_RING_MAGIC 0x474E525145535950ULL /* "PYSEQRNG" read as a little-endian u64 */
+#define PYSEQ_RING_LAYOUT_MAJOR 1u
+#define PYSEQ_RING_LAYOUT_MINOR 0u
+#define PYSEQ_RING_LAYOUT_VERSION ((PYSEQ_RING_LAYOUT_MAJOR << 16) | PYSEQ_RING_LAYOUT_MINOR)
+
+#define PYSEQ_RING_HEADER_LENGTH 4096
+#define PYSEQ_RING_CURSORS_OFFSET PYSEQ_RING_HEADER_LENGTH
+#define PYSEQ_RING_NAME_LENGTH 56
+#define PYSEQ_CURSOR_NAME_LENGTH 32
+#define PYSEQ_FRAME_LENGTH 32
+#define PYSEQ_SLOT_ALIGN 64
+
+#define PYSEQ_WRITER_NONE 0u
+#define PYSEQ_WRITER_OPEN 1u
+#define PYSEQ_WRITER_CLOSED 2u
+
+#define PYSEQ_CURSOR_FREE 0u
+#define PYSEQ_CURSOR_CLAIMED 1u
+#define PYSEQ_CURSOR_ACTIVE 2u
+#define PYSEQ_CURSOR_EVICTED 3u
+
+typedef struct pyseq_ring_header_s {
+    /* descriptor: written once by the creator; layout_version last, with release */
+    uint64_t magic;
+    uint32_t layout_version;
+    uint32_t slot_size;
+    uint64_t capacity;
+    uint32_t max_readers;
+    uint32_t flags;
+    uint64_t cursors_offset;
+    uint64_t slots_offset;
+    uint64_t file_length;
+    int64_t created_ns;
+    int64_t first_sequence;
+    char name[PYSEQ_RING_NAME_LENGTH];
+    /* writer liveness: writer only */
+    int64_t writer_pid;
+    int64_t writer_heartbeat_ns;
+    uint64_t eviction_count;
+    uint32_t writer_state;
+    uint8_t pad_writer[PYSEQ_PADDED_LINE - 3 * sizeof(int64_t) - sizeof(uint32_t)];
+    /* published position: writer only, store-release after the slot */
+    int64_t published_sequence;
+    uint8_t pad_published[PYSEQ_PADDED_LINE - sizeof(int64_t)];
+    /* journaled position: the journaler only, store-release after the write (or fsync) */
+    int64_t journaled_sequence;
+    uint8_t pad_journaled[PYSEQ_RING_HEADER_LENGTH - 3 * PYSEQ_PADDED_LINE - sizeof(int64_t)];
+} pyseq_ring_header_t;
+
+typedef struct pyseq_cursor_s {
+    int64_t sequence;      /* owner: store-release after each read */
+    uint32_t state;        /* CAS by the registrant; ACTIVE -> EVICTED by the evictor */
+    uint32_t gating;       /* owner, before state = ACTIVE */
+    int64_t pid;           /* owner, before state = ACTIVE */
+    int64_t heartbeat_ns;  /* owner, relaxed */
+    char name[PYSEQ_CURSOR_NAME_LENGTH];
+    uint8_t pad[PYSEQ_PADDED_LINE - 64];
+} pyseq_cursor_t;
+
+typedef struct pyseq_frame_s {
+    int64_t sequence;      /* writer: -s (relaxed) first, s (release) last */
+    int64_t timestamp_ns;
+    uint32_t length;
+    uint16_t msg_type;
+    uint16_t schema_version;
+    uint32_t source;
+    uint32_t flags;
+} pyseq_frame_t;
+
+_Static_assert(offsetof(pyseq_ring_header_t, magic) == 0, "magic");
+_Static_assert(offsetof(pyseq_ring_header_t, layout_version) == 8, "layout_version");
+_Static_assert(offsetof(pyseq_ring_header_t, slot_size) == 12, "slot_size");
+_Static_assert(offsetof(pyseq_ring_header_t, capacity) == 16, "capacity");
+_Static_assert(offsetof(pyseq_ring_header_t, max_readers) == 24, "max_readers");
+_Static_assert(offsetof(pyseq_ring_header_t, flags) == 28, "flags");
+_Static_assert(offsetof(pyseq_ring_header_t, cursors_offset) == 32, "cursors_offset");
+_Static_assert(offsetof(pyseq_ring_header_t, slots_offset) == 40, "slots_offset");
+_Static_assert(offsetof(pyseq_ring_header_t, file_length) == 48, "file_length");
+_Static_assert(offsetof(pyseq_ring_header_t, created_ns) == 56, "created_ns");
+_Static_assert(offsetof(pyseq_ring_header_t, first_sequence) == 64, "first_sequence");
+_Static_assert(offsetof(pyseq_ring_header_t, name) == 72, "name");
+_Static_assert(offsetof(pyseq_ring_header_t, writer_pid) == 128, "writer_pid");
+_Static_assert(offsetof(pyseq_ring_header_t, writer_heartbeat_ns) == 136, "writer_heartbeat_ns");
+_Static_assert(offsetof(pyseq_ring_header_t, eviction_count) == 144, "eviction_count");
+_Static_assert(offsetof(pyseq_ring_header_t, writer_state) == 152, "writer_state");
+_Static_assert(offsetof(pyseq_ring_header_t, published_sequence) == 256, "published_sequence");
+_Static_assert(offsetof(pyseq_ring_header_t, journaled_sequence) == 384, "journaled_sequence");
+_Static_assert(sizeof(pyseq_ring_header_t) == PYSEQ_RING_HEADER_LENGTH, "header is one page");
+
+_Static_assert(offsetof(pyseq_cursor_t, sequence) == 0, "cursor.sequence");
+_Static_assert(offsetof(pyseq_cursor_t, state) == 8, "cursor.state");
+_Static_assert(offsetof(pyseq_cursor_t, gating) == 12, "cursor.gating");
+_Static_assert(offsetof(pyseq_cursor_t, pid) == 16, "cursor.pid");
+_Static_assert(offsetof(pyseq_cursor_t, heartbeat_ns) == 24, "cursor.heartbeat_ns");
+_Static_assert(offsetof(pyseq_cursor_t, name) == 32, "cursor.name");
+_Static_assert(sizeof(pyseq_cursor_t) == PYSEQ_PADDED_LINE, "cursor is 128 bytes");
+
+_Static_assert(offsetof(pyseq_frame_t, sequence) == 0, "frame.sequence");
+_Static_assert(offsetof(pyseq_frame_t, timestamp_ns) == 8, "frame.timestamp_ns");
+_Static_assert(offsetof(pyseq_frame_t, length) == 16, "frame.length");
+_Static_assert(offsetof(pyseq_frame_t, msg_type) == 20, "frame.msg_type");
+_Static_assert(offsetof(pyseq_frame_t, schema_version) == 22, "frame.schema_version");
+_Static_assert(offsetof(pyseq_frame_t, source) == 24, "frame.source");
+_Static_assert(offsetof(pyseq_frame_t, flags) == 28, "frame.flags");
+_Static_assert(sizeof(pyseq_frame_t) == PYSEQ_FRAME_LENGTH, "frame is 32 bytes");
+
+#endif /* PYSEQ_RING_LAYOUT_H */

@@ -1,0 +1,25 @@
+"""pyseq: a sequencer for co-located processes, in Python with a C core.
+
+The public API; everything else is private.
+"""
+from __future__ import annotations
+
+from .errors import (BackPressureError, LappedError, MessageTooLargeError, NotWriterError, PyseqError,
+                     ReaderEvictedError, ReaderTableFullError, RingClosedError, RingConfigError,
+                     RingExistsError, RingFormatError, RingNameError, RingNotFoundError, RingNotReadyError,
+                     RingPermissionError, SchemaCompatibilityError, SchemaError, TimeoutError,
+                     WriterExistsError)
+from .idle import BackoffIdle, BusySpin, IdleStrategy, SpinYield, default_idle
+from .message import FRAME_LENGTH, Message, batch_dtype, batch_payloads
+from .ring import Reader, Ring
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Ring", "Reader", "Message", "FRAME_LENGTH", "batch_dtype", "batch_payloads",
+    "IdleStrategy", "BusySpin", "SpinYield", "BackoffIdle", "default_idle",
+    "PyseqError", "RingNameError", "RingNotFoundError", "RingExistsError", "WriterExistsError",
+    "RingFormatError", "RingNotReadyError", "RingClosedError", "RingConfigError", "RingPermissionError",
+    "NotWriterError", "ReaderTableFullError", "ReaderEvictedError", "LappedError", "BackPressureError",
+    "MessageTooLargeError", "TimeoutError", "SchemaError", "SchemaCompatibilityError",
+]

@@ -1,0 +1,102 @@
+"""Every exception pyseq raises.
+
+All derive from :class:`PyseqError`, so ``except pyseq.PyseqError`` catches anything the library
+raises on purpose.  Where a builtin meaning exists (a timeout, a bad value) the class derives from
+that builtin too, so ``except TimeoutError`` works as a user would expect.
+"""
+from __future__ import annotations
+
+
+class PyseqError(Exception):
+    """Base of every pyseq error."""
+
+
+class RingNameError(PyseqError, ValueError):
+    """A ring name is empty, too long, or holds a character other than [A-Za-z0-9._-]."""
+
+
+class RingNotFoundError(PyseqError, FileNotFoundError):
+    """No shared-memory object of that name exists (nobody created the ring, or it was removed)."""
+
+
+class RingExistsError(PyseqError, FileExistsError):
+    """``create`` found a ring of that name whose writer is still alive."""
+
+
+class WriterExistsError(PyseqError):
+    """A second writer tried to claim a ring that already has a live writer."""
+
+
+class RingFormatError(PyseqError):
+    """The shared-memory object is not a pyseq ring this version can read: wrong magic, wrong layout
+    version, inconsistent sizes, or a truncated file."""
+
+
+class RingNotReadyError(RingFormatError):
+    """The ring exists but its creator has not finished initialising it (layout version still 0)."""
+
+
+class RingClosedError(PyseqError):
+    """The ring, reader or writer object was closed and cannot be used any more."""
+
+
+class ReaderTableFullError(PyseqError):
+    """Every cursor slot in the ring header is held by a live reader."""
+
+
+class ReaderEvictedError(PyseqError):
+    """This gating reader was evicted by the writer (found dead or stale) and no longer holds it back."""
+
+
+class LappedError(PyseqError):
+    """A reader was overtaken by the writer: messages it had not read were overwritten.
+
+    ``first_missed`` is the first sequence the reader did not get, ``missed`` how many were lost
+    (at least; the writer may have gone on since), and ``resume_at`` the oldest sequence still in the
+    ring, where :meth:`Reader.skip_to` can restart the reader.  The missed messages can be read
+    from the journal.
+    """
+
+    def __init__(self, first_missed: int, missed: int, resume_at: int, detail: str = "") -> None:
+        self.first_missed = first_missed
+        self.missed = missed
+        self.resume_at = resume_at
+        msg = (f"reader lapped by the writer: sequences {first_missed}..{first_missed + missed - 1} "
+               f"({missed} messages) were overwritten before they were read; "
+               f"oldest still in the ring is {resume_at}")
+        if detail:
+            msg += f" ({detail})"
+        super().__init__(msg)
+
+
+class BackPressureError(PyseqError):
+    """The writer could not publish within its timeout because a gating reader has not consumed
+    the slot it would overwrite."""
+
+
+class MessageTooLargeError(PyseqError, ValueError):
+    """A payload longer than the ring's slot can hold (slot_size - frame header)."""
+
+
+class TimeoutError(PyseqError, TimeoutError):  # noqa: A001 - deliberately shadows the builtin
+    """A blocking call waited its whole timeout."""
+
+
+class SchemaError(PyseqError, ValueError):
+    """A message declaration is invalid, or a payload does not fit the declared layout."""
+
+
+class SchemaCompatibilityError(SchemaError):
+    """A new schema is not a compatible successor of the old one (removed, reordered or retyped field)."""
+
+
+class RingConfigError(PyseqError, ValueError):
+    """A ring shape out of range: capacity not a power of two, slot size not a multiple of 64, ..."""
+
+
+class RingPermissionError(PyseqError, PermissionError):
+    """The shared-memory object exists but this process may not open it (see ``mode`` in create)."""
+
+
+class NotWriterError(PyseqError):
+    """A write was attempted through a handle that attached to the ring as a reader."""

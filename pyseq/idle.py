@@ -1,0 +1,70 @@
+"""Idle strategies: how a reader waits for the next message, or a writer for a gating reader.
+
+Each strategy is a small value object; the waiting itself happens in C with the GIL released.
+Busy-spin is the product's default for production readers (lowest latency, burns one core).
+On a small machine, or in tests, use :class:`BackoffIdle`; the environment variable
+``PYSEQ_IDLE`` (``busy-spin``, ``spin-yield`` or ``backoff``) changes the default for every
+reader and writer that does not name one.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._native import ffi, lib
+
+
+@dataclass(frozen=True)
+class IdleStrategy:
+    """Spin ``spins`` times, then ``sched_yield`` ``yields`` times, then sleep from ``min_park_ns``
+    doubling up to ``max_park_ns``; which phases apply depends on ``kind``."""
+
+    kind: int
+    spins: int = 0
+    yields: int = 0
+    min_park_ns: int = 1_000
+    max_park_ns: int = 1_000_000
+    _c: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.spins < 0 or self.yields < 0 or self.min_park_ns <= 0 or self.max_park_ns < self.min_park_ns:
+            raise ValueError(f"invalid idle strategy {self!r}")
+        c = ffi.new("pyseq_idle_t *")
+        c.kind, c.spins, c.yields = self.kind, self.spins, self.yields
+        c.min_park_ns, c.max_park_ns = self.min_park_ns, self.max_park_ns
+        object.__setattr__(self, "_c", c)
+
+    @property
+    def name(self) -> str:
+        return {lib.PYSEQ_IDLE_BUSY_SPIN: "busy-spin", lib.PYSEQ_IDLE_SPIN_YIELD: "spin-yield",
+                lib.PYSEQ_IDLE_BACKOFF: "backoff"}[self.kind]
+
+
+def BusySpin() -> IdleStrategy:  # noqa: N802 - reads as a class at the call site
+    """Spin on the pause instruction: the lowest latency; one core stays at 100 %."""
+    return IdleStrategy(lib.PYSEQ_IDLE_BUSY_SPIN)
+
+
+def SpinYield(spins: int = 1_000) -> IdleStrategy:  # noqa: N802
+    """Spin ``spins`` times, then ``sched_yield`` between checks."""
+    return IdleStrategy(lib.PYSEQ_IDLE_SPIN_YIELD, spins=spins)
+
+
+def BackoffIdle(spins: int = 100, yields: int = 10, min_park_ns: int = 1_000,  # noqa: N802
+                max_park_ns: int = 1_000_000) -> IdleStrategy:
+    """Spin, then yield, then sleep with exponential back-off: what tests and small machines use."""
+    return IdleStrategy(lib.PYSEQ_IDLE_BACKOFF, spins=spins, yields=yields,
+                        min_park_ns=min_park_ns, max_park_ns=max_park_ns)
+
+
+_BY_NAME = {"busy-spin": BusySpin, "spin-yield": SpinYield, "backoff": BackoffIdle}
+
+
+def default_idle() -> IdleStrategy:
+    """The strategy named by ``PYSEQ_IDLE``, busy-spin if it is unset."""
+    name = os.environ.get("PYSEQ_IDLE", "busy-spin")
+    try:
+        return _BY_NAME[name]()
+    except KeyError:
+        raise ValueError(f"PYSEQ_IDLE={name!r}: expected one of {', '.join(_BY_NAME)}") from None

@@ -1,0 +1,874 @@
+"""Ring: a single-writer ring buffer of sequenced messages in POSIX shared memory.
+
+A ring is the shared-memory object ``/dev/shm/pyseq.<name>``; its layout is ``csrc/ring_layout.h``.
+One process creates it and is its only writer (``Ring.create``); any process attaches by name
+(``Ring.attach``) and registers readers, each with a cursor in the ring's header.  Publishing,
+polling, batch reads and every wait run in C with the GIL released; this module opens, maps,
+validates and raises.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import mmap
+import os
+import re
+import time
+from typing import Any, Iterator, Optional, Union
+
+import numpy as np
+import psutil
+
+from . import errors
+from ._native import ffi, hot, lib
+from .idle import IdleStrategy, default_idle
+from .message import FRAME, FRAME_LENGTH, Message, batch_dtype
+
+log = logging.getLogger("pyseq.ring")
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+NAME_MAX = lib.PYSEQ_RING_NAME_LENGTH - 8  # leaves room for a suffix such as ".in.<client>"
+SHM_PREFIX = "/pyseq."
+PAGE_SIZE = mmap.PAGESIZE
+SLICE_NS = 100_000_000  # a wait without a timeout is cut in slices so Ctrl-C and liveness checks run
+UNREADY_GRACE_S = 5.0   # a ring still uninitialised after this long was abandoned by its creator
+
+Start = Union[str, int]
+_new_message = tuple.__new__
+_unpack_frame = FRAME.unpack_from
+_try_publish = hot.pyseq_writer_try_publish
+_try_forward = hot.pyseq_writer_try_forward
+_poll = hot.pyseq_reader_poll
+_read = lib.pyseq_reader_read
+
+
+def validate_name(name: str) -> str:
+    """Return ``name`` if it is a valid ring name, else raise :class:`pyseq.RingNameError`."""
+    if not isinstance(name, str):
+        raise errors.RingNameError(f"a ring name is a str, not {type(name).__name__}")
+    if not name:
+        raise errors.RingNameError("a ring name cannot be empty")
+    if len(name) > NAME_MAX:
+        raise errors.RingNameError(f"ring name {name!r} is {len(name)} characters; the limit is {NAME_MAX}")
+    if not NAME_PATTERN.fullmatch(name):
+        raise errors.RingNameError(
+            f"ring name {name!r} may hold only letters, digits, '.', '_' and '-' "
+            f"(no '/'), and may not start with '.' or '-'")
+    return name
+
+
+def shm_path(name: str) -> str:
+    """Where the ring ``name`` lives on Linux."""
+    return "/dev/shm" + SHM_PREFIX + validate_name(name)
+
+
+def pid_alive(pid: int) -> bool:
+    """True if a process with this pid exists and is not a zombie."""
+    if pid <= 0:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, owned by another user
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _timeout_ns(timeout: Optional[float]) -> int:
+    if timeout is None:
+        return -1
+    if timeout < 0:
+        raise ValueError(f"timeout must be >= 0 or None, not {timeout}")
+    return int(timeout * 1e9)
+
+
+def _shm_open(name: str, flags: int, mode: int = 0o600) -> int:
+    fd = lib.shm_open((SHM_PREFIX + name).encode(), flags, mode)
+    if fd < 0:
+        err = ffi.errno
+        if err == errno.ENOENT:
+            raise errors.RingNotFoundError(f"no ring named {name!r} ({shm_path(name)} does not exist)")
+        if err == errno.EACCES:
+            raise errors.RingPermissionError(f"ring {name!r}: permission denied opening {shm_path(name)}")
+        raise OSError(err, f"shm_open {shm_path(name)}: {os.strerror(err)}")
+    return fd
+
+
+class _Mapping:
+    """The three mapped parts of a ring in this process and the cffi pointers into them."""
+
+    def __init__(self, fd: int, header: Any, writable_slots: bool) -> None:
+        self.cursors_offset = int(header.cursors_offset)
+        self.slots_offset = int(header.slots_offset)
+        self.file_length = int(header.file_length)
+        if writable_slots:
+            self.maps = [mmap.mmap(fd, self.file_length)]
+            whole = ffi.from_buffer(self.maps[0])
+            self.buffers = [whole]
+            self.header = ffi.cast("pyseq_ring_header_t *", whole)
+            self.cursors_ptr = whole + self.cursors_offset
+            self.slots_ptr = whole + self.slots_offset
+        else:
+            head = mmap.mmap(fd, self.cursors_offset, prot=mmap.PROT_READ)
+            curs = mmap.mmap(fd, self.slots_offset - self.cursors_offset, offset=self.cursors_offset)
+            slots = mmap.mmap(fd, self.file_length - self.slots_offset, prot=mmap.PROT_READ,
+                              offset=self.slots_offset)
+            self.maps = [head, curs, slots]
+            self.buffers = [ffi.from_buffer(m) for m in self.maps]
+            self.header = ffi.cast("pyseq_ring_header_t *", self.buffers[0])
+            self.cursors_ptr = self.buffers[1]
+            self.slots_ptr = self.buffers[2]
+        self.cursors = ffi.cast("pyseq_cursor_t *", self.cursors_ptr)
+
+    def close(self) -> None:
+        for b in self.buffers:
+            ffi.release(b)
+        for m in self.maps:
+            m.close()
+        self.buffers, self.maps = [], []
+
+
+class Ring:
+    """A handle on one ring: the writer's (from :meth:`create`) or an attached one (:meth:`attach`).
+
+    The writer publishes; any handle makes readers.  Use as a context manager, or call
+    :meth:`close`; closing never removes the ring (``unlink`` / ``Ring.remove`` do).
+    """
+
+    def __init__(self, name: str, fd: int, mapping: _Mapping, is_writer: bool,
+                 idle: Optional[IdleStrategy], reader_timeout: float) -> None:
+        self.name = name
+        self._fd = fd
+        self._map: Optional[_Mapping] = mapping
+        self.is_writer = is_writer
+        self.idle = idle or default_idle()
+        self.reader_timeout = reader_timeout
+        h = mapping.header
+        self.capacity = int(h.capacity)
+        self.slot_size = int(h.slot_size)
+        self.max_payload = self.slot_size - FRAME_LENGTH
+        self.max_readers = int(h.max_readers)
+        self.first_sequence = int(h.first_sequence)
+        self.dtype = batch_dtype(self.slot_size)
+        self._readers: list[Reader] = []
+        self._w: Any = None
+        if is_writer:
+            self._w = ffi.new("pyseq_writer_t *")
+            lib.pyseq_writer_init(self._w, h, mapping.cursors_ptr, mapping.slots_ptr)
+            self._gating_seen: dict[int, tuple[int, float]] = {}
+            self._last_gating_check = 0.0
+
+    # ---- opening ------------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, name: str, capacity: int = 4096, slot_size: int = 128, *, max_readers: int = 16,
+               mode: int = 0o600, first_sequence: int = 1, idle: Optional[IdleStrategy] = None,
+               reader_timeout: float = 10.0) -> "Ring":
+        """Create the ring ``name`` and become its one writer.
+
+        ``capacity`` slots (a power of two) of ``slot_size`` bytes (a multiple of 64, of which 32 are
+        the frame header); ``max_readers`` cursor entries; ``mode`` the file mode (0600: only this
+        user).  ``first_sequence`` is the sequence of the first message (a restarted sequencer
+        resumes after its journal).  A gating reader that is dead, or has not moved for
+        ``reader_timeout`` seconds while holding the writer back, is evicted.
+
+        A ring of that name whose writer is alive is refused (:class:`RingExistsError`); one whose
+        writer died is replaced, with a warning.
+        """
+        validate_name(name)
+        for arg, value in (("capacity", capacity), ("slot_size", slot_size), ("max_readers", max_readers),
+                           ("first_sequence", first_sequence)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise errors.RingConfigError(f"{arg} must be an int, not {type(value).__name__}")
+        if capacity < 2 or capacity & (capacity - 1) or capacity > 1 << 32:
+            raise errors.RingConfigError(f"capacity must be a power of two from 2 to 2**32, not {capacity}")
+        if slot_size < 64 or slot_size % 64 or slot_size > 1 << 24:
+            raise errors.RingConfigError(
+                f"slot_size must be a multiple of 64 from 64 to 16 MiB, not {slot_size} "
+                f"(each slot holds a {FRAME_LENGTH}-byte frame header and the payload)")
+        if not 1 <= max_readers <= 4096:
+            raise errors.RingConfigError(f"max_readers must be from 1 to 4096, not {max_readers}")
+        if first_sequence < 1:
+            raise errors.RingConfigError(f"first_sequence must be >= 1, not {first_sequence}")
+        if reader_timeout <= 0:
+            raise errors.RingConfigError(f"reader_timeout must be > 0, not {reader_timeout}")
+        length = int(lib.pyseq_ring_file_length(capacity, slot_size, max_readers, PAGE_SIZE))
+        assert length > 0
+
+        for _attempt in range(3):
+            try:
+                fd = _shm_open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL, mode)
+            except FileExistsError:
+                cls._replace_if_abandoned(name)
+                continue
+            except OSError as e:
+                if e.errno != errno.EEXIST:
+                    raise
+                cls._replace_if_abandoned(name)
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                os.fchmod(fd, mode)  # shm_open's mode is masked by the umask
+                os.ftruncate(fd, length)
+                probe = mmap.mmap(fd, length)
+                try:
+                    rc = lib.pyseq_ring_format(ffi.from_buffer(probe), length, capacity, slot_size, max_readers,
+                                               PAGE_SIZE, first_sequence, name.encode(), os.getpid())
+                finally:
+                    probe.close()
+                if rc != 0:
+                    raise errors.RingConfigError(f"invalid ring shape (status {rc})")
+                header = ffi.new("pyseq_ring_header_t *")
+                ffi.memmove(header, os.pread(fd, ffi.sizeof("pyseq_ring_header_t"), 0),
+                            ffi.sizeof("pyseq_ring_header_t"))
+                return cls(name, fd, _Mapping(fd, header, writable_slots=True), True, idle, reader_timeout)
+            except BaseException:
+                os.close(fd)
+                lib.shm_unlink((SHM_PREFIX + name).encode())
+                raise
+        raise errors.RingExistsError(f"ring {name!r} was re-created by another process while this one tried")
+
+    @staticmethod
+    def _replace_if_abandoned(name: str) -> None:
+        """Another ring of this name exists: unlink it if its writer is gone, else refuse."""
+        try:
+            fd = _shm_open(name, os.O_RDWR)
+        except errors.RingNotFoundError:
+            return  # removed meanwhile: try again
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid = _writer_pid_of(fd)
+                raise errors.RingExistsError(
+                    f"ring {name!r} already exists and its writer (pid {pid}) is alive; "
+                    f"a ring has exactly one writer") from None
+            st = os.fstat(fd)
+            if st.st_size >= PAGE_SIZE:
+                raw = os.pread(fd, 16, 0)
+                ready = int.from_bytes(raw[8:12], "little") != 0
+            else:
+                ready = False
+            if not ready and time.time() - st.st_mtime < UNREADY_GRACE_S:
+                raise errors.RingExistsError(f"ring {name!r} is being created by another process")
+            log.warning("ring %r: its writer is gone; replacing it with a new ring", name)
+            lib.shm_unlink((SHM_PREFIX + name).encode())
+        finally:
+            os.close(fd)
+
+    @classmethod
+    def attach(cls, name: str, *, timeout: float = 0.0, idle: Optional[IdleStrategy] = None) -> "Ring":
+        """Attach to the ring ``name`` created by another process (or this one).
+
+        Waits up to ``timeout`` seconds for the ring to exist and be initialised; then checks its
+        magic, layout version, sizes and file length before trusting anything in it.
+        """
+        validate_name(name)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return cls._attach_once(name, idle)
+            except (errors.RingNotFoundError, errors.RingNotReadyError):
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.005)
+
+    @classmethod
+    def _attach_once(cls, name: str, idle: Optional[IdleStrategy]) -> "Ring":
+        fd = _shm_open(name, os.O_RDWR)
+        try:
+            header = _read_header(fd, name)
+            return cls(name, fd, _Mapping(fd, header, writable_slots=False), False, idle, 10.0)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @staticmethod
+    def remove(name: str) -> bool:
+        """Remove the ring ``name`` from /dev/shm; True if it existed.  Mapped handles stay valid."""
+        validate_name(name)
+        if lib.shm_unlink((SHM_PREFIX + name).encode()) == 0:
+            return True
+        if ffi.errno == errno.ENOENT:
+            return False
+        raise OSError(ffi.errno, f"shm_unlink {shm_path(name)}: {os.strerror(ffi.errno)}")
+
+    @staticmethod
+    def exists(name: str) -> bool:
+        return os.path.exists(shm_path(name))
+
+    def unlink(self) -> bool:
+        return Ring.remove(self.name)
+
+    # ---- lifetime ------------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._map is None
+
+    def _mapping(self) -> _Mapping:
+        if self._map is None:
+            raise errors.RingClosedError(f"ring {self.name!r} is closed")
+        return self._map
+
+    def close(self) -> None:
+        """Close readers made here, unmap, and (for the writer) mark the ring closed: end of stream."""
+        if self._map is None:
+            return
+        for r in list(self._readers):
+            r.close()
+        if self.is_writer:
+            lib.pyseq_header_set_writer(self._map.header, os.getpid(), lib.PYSEQ_WRITER_CLOSED)
+            self._w = None
+        self._map.close()
+        self._map = None
+        os.close(self._fd)  # for the writer this also drops the writer lock
+
+    def __enter__(self) -> "Ring":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            if self._map is not None:
+                self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        role = "writer" if self.is_writer else "attached"
+        return f"<pyseq.Ring {self.name!r} {role} capacity={self.capacity} slot_size={self.slot_size}>"
+
+    # ---- writing -------------------------------------------------------------------------------
+
+    def _writer(self) -> Any:
+        if self._w is None:
+            if self._map is None:
+                raise errors.RingClosedError(f"ring {self.name!r} is closed")
+            raise errors.NotWriterError(
+                f"this handle attached to ring {self.name!r}; only the process that created it writes")
+        return self._w
+
+    def publish(self, msg_type: Any, payload: Any = None, *, source: int = 0, schema_version: int = 0,
+                timestamp_ns: int = 0, timeout: Optional[float] = None) -> int:
+        """Publish one message; return the sequence it was given.
+
+        ``publish(msg_type, payload_bytes)`` or ``publish(record)`` for a declared record (its
+        message type and version go into the frame).  If a gating reader holds the slot, wait by
+        the ring's idle strategy up to ``timeout`` seconds (None: until it frees it) and then raise
+        :class:`BackPressureError`.
+        """
+        if payload is None and hasattr(msg_type, "encode") and hasattr(msg_type, "msg_type"):
+            record = msg_type
+            msg_type, payload, schema_version = record.msg_type, record.encode(), record.version
+        w = self._w
+        if w is None:
+            w = self._writer()
+        if type(payload) is bytes:
+            seq = _try_publish(w, msg_type, schema_version, source, timestamp_ns, payload, len(payload))
+        else:
+            buf = ffi.from_buffer(payload)
+            seq = _try_publish(w, msg_type, schema_version, source, timestamp_ns, buf, len(buf))
+        if seq > 0:
+            return seq
+        return self._publish_slow(seq, msg_type, payload, source, schema_version, timestamp_ns, timeout)
+
+    def try_publish(self, msg_type: Any, payload: Any = None, *, source: int = 0, schema_version: int = 0,
+                    timestamp_ns: int = 0) -> Optional[int]:
+        """Publish one message if there is room now; None if a gating reader holds the writer back."""
+        try:
+            return self.publish(msg_type, payload, source=source, schema_version=schema_version,
+                                timestamp_ns=timestamp_ns, timeout=0)
+        except errors.BackPressureError:
+            return None
+
+    def _publish_slow(self, status: int, msg_type: int, payload: Any, source: int, schema_version: int,
+                      timestamp_ns: int, timeout: Optional[float]) -> int:
+        if status == lib.PYSEQ_ETOO_LARGE:
+            raise errors.MessageTooLargeError(
+                f"payload of {len(payload)} bytes; ring {self.name!r} slots hold at most {self.max_payload}")
+        self._wait_capacity(1, timeout)
+        buf = payload if type(payload) is bytes else ffi.from_buffer(payload)
+        seq = _try_publish(self._w, msg_type, schema_version, source, timestamp_ns, buf, len(buf))
+        if seq <= 0:  # pragma: no cover - _wait_capacity returned, so there is room
+            raise errors.PyseqError(f"publish failed after waiting (status {seq})")
+        return seq
+
+    def forward(self, reader: "Reader", *, keep_timestamp: bool = False, timeout: Optional[float] = None) -> int:
+        """Publish again the message ``reader`` read last (by ``read_seq``/``poll_seq``/``read``),
+        copying frame fields and payload in C without building a Python object; return its new
+        sequence.  The timestamp is the new sequencing time unless ``keep_timestamp``."""
+        w = self._w
+        if w is None:
+            w = self._writer()
+        seq = _try_forward(w, reader._buf, keep_timestamp)
+        if seq > 0:
+            return seq
+        if seq == lib.PYSEQ_ETOO_LARGE:
+            raise errors.MessageTooLargeError(
+                f"forwarded payload does not fit ring {self.name!r} (at most {self.max_payload} bytes)")
+        self._wait_capacity(1, timeout)
+        return int(_try_forward(w, reader._buf, keep_timestamp))
+
+    def publish_batch(self, msg_type: int, records: np.ndarray, *, source: int = 0, schema_version: int = 0,
+                      timestamp_ns: int = 0, timeout: Optional[float] = None) -> int:
+        """Publish every element of ``records`` as one message each; return the first sequence.
+
+        ``records`` is a contiguous numpy array: a structured array (one record a message, e.g.
+        ``Order.to_array(...)``) or a 2-D uint8 array (one row a message).  The messages take
+        consecutive sequences; one C call copies as many as the ring has room for.
+        """
+        w = self._writer()
+        arr = np.ascontiguousarray(records)
+        if arr.ndim == 2 and arr.dtype == np.uint8:
+            count, record_length = arr.shape
+        elif arr.ndim == 1:
+            count, record_length = arr.shape[0], arr.dtype.itemsize
+        else:
+            raise ValueError("records must be a 1-D structured array or a 2-D uint8 array")
+        if record_length > self.max_payload:
+            raise errors.MessageTooLargeError(
+                f"records of {record_length} bytes; ring {self.name!r} slots hold at most {self.max_payload}")
+        first = int(w.next_sequence)
+        if count == 0:
+            return first
+        buf = ffi.from_buffer(arr)
+        done = 0
+        try:
+            while done < count:
+                n = lib.pyseq_writer_try_publish_batch(w, msg_type, schema_version, source, timestamp_ns,
+                                                       buf + done * record_length, record_length, count - done)
+                if n < 0:
+                    raise errors.PyseqError(f"publish_batch failed (status {n})")
+                done += n
+                if done < count:
+                    self._wait_capacity(min(count - done, self.capacity), timeout)
+        except errors.BackPressureError as e:
+            raise errors.BackPressureError(f"{e} ({done} of {count} records were published, "
+                                           f"sequences {first}..{first + done - 1})") from None
+        finally:
+            ffi.release(buf)
+        return first
+
+    def _wait_capacity(self, count: int, timeout: Optional[float]) -> None:
+        """Wait (in C, by the idle strategy) until ``count`` slots are free; evict dead gating readers."""
+        w = self._w
+        deadline = None if timeout is None else time.monotonic() + timeout
+        idle = self.idle._c
+        while True:
+            if deadline is None:
+                slice_ns = SLICE_NS
+            else:
+                slice_ns = max(0, min(SLICE_NS, int((deadline - time.monotonic()) * 1e9)))
+            if lib.pyseq_writer_wait_capacity(w, count, slice_ns, idle):
+                return
+            if self._evict_stuck_readers(count):
+                continue
+            if deadline is not None and time.monotonic() >= deadline:
+                blocker = self._slowest_gating_reader()
+                raise errors.BackPressureError(
+                    f"ring {self.name!r} is full: gating reader {blocker} has not consumed the slot "
+                    f"the writer needs (waited {timeout} s)")
+
+    def _slowest_gating_reader(self) -> str:
+        infos = [r for r in self.readers() if r["gating"] and r["state"] == "active"]
+        if not infos:
+            return "(none)"
+        r = min(infos, key=lambda i: i["sequence"])
+        return f"{r['name']!r} (pid {r['pid']}, at sequence {r['sequence']})"
+
+    def _evict_stuck_readers(self, count: int) -> bool:
+        """Evict gating readers whose process is gone, or that held the writer back without moving
+        for ``reader_timeout`` seconds.  True if any was evicted."""
+        m = self._mapping()
+        now = time.monotonic()
+        needed = int(self._w.next_sequence) + count - 1 - self.capacity
+        evicted = False
+        for i in range(self.max_readers):
+            c = m.cursors + i
+            if lib.pyseq_cursor_state(c) != lib.PYSEQ_CURSOR_ACTIVE or not c.gating:
+                self._gating_seen.pop(i, None)
+                continue
+            seq = int(lib.pyseq_cursor_sequence(c))
+            pid = int(c.pid)
+            reason = None
+            if not pid_alive(pid):
+                reason = f"its process (pid {pid}) is gone"
+            elif seq < needed:
+                last_seq, since = self._gating_seen.get(i, (seq, now))
+                if last_seq != seq:
+                    since = now
+                self._gating_seen[i] = (seq, since)
+                if now - since >= self.reader_timeout:
+                    reason = f"it has not moved from sequence {seq} for {now - since:.1f} s"
+            if reason and lib.pyseq_cursor_evict(c, m.header):
+                name = ffi.string(c.name).decode(errors="replace")
+                log.warning("ring %r: evicted gating reader %r (cursor %d): %s", self.name, name, i, reason)
+                self._gating_seen.pop(i, None)
+                evicted = True
+        if evicted:
+            lib.pyseq_writer_gating_scan(self._w)
+        return evicted
+
+    def heartbeat(self) -> None:
+        """Refresh the writer's heartbeat in the header (publishing does it too)."""
+        lib.pyseq_writer_heartbeat(self._writer())
+
+    @property
+    def next_sequence(self) -> int:
+        """The sequence the next publish will give (writer only)."""
+        return int(self._writer().next_sequence)
+
+    # ---- reading -------------------------------------------------------------------------------
+
+    def reader(self, name: str = "", *, gating: bool = False, start: Start = "earliest",
+               idle: Optional[IdleStrategy] = None) -> "Reader":
+        """Register a reader with a cursor in the ring's header.
+
+        ``start``: ``"earliest"`` (the oldest message still in the ring), ``"latest"`` (only what
+        is published from now on) or a sequence number.  A ``gating`` reader holds the writer back:
+        nothing it has not read is overwritten (join it before the writer runs ahead, or start at
+        "latest": a gating reader that asks for old messages can be lapped before the writer sees it).
+        """
+        m = self._mapping()
+        published = int(lib.pyseq_header_published(m.header))
+        if start == "earliest":
+            next_seq = max(self.first_sequence, published - self.capacity + 1)
+        elif start == "latest":
+            next_seq = published + 1
+        elif isinstance(start, int) and not isinstance(start, bool) and start >= 1:
+            next_seq = start
+        else:
+            raise ValueError(f"start must be 'earliest', 'latest' or a sequence >= 1, not {start!r}")
+        index = self._claim_cursor()
+        c = m.cursors + index
+        label = (name or f"pid{os.getpid()}")[: lib.PYSEQ_CURSOR_NAME_LENGTH - 1]
+        lib.pyseq_cursor_activate(c, next_seq - 1, 1 if gating else 0, os.getpid(), label.encode())
+        r = Reader(self, index, label, gating, next_seq, idle or self.idle)
+        self._readers.append(r)
+        return r
+
+    def _claim_cursor(self) -> int:
+        m = self._mapping()
+        for i in range(self.max_readers):
+            if lib.pyseq_cursor_state(m.cursors + i) == lib.PYSEQ_CURSOR_FREE and \
+                    lib.pyseq_cursor_claim(m.cursors + i, lib.PYSEQ_CURSOR_FREE):
+                return i
+        for i in range(self.max_readers):  # reclaim the entry of a reader whose process is gone
+            c = m.cursors + i
+            state = lib.pyseq_cursor_state(c)
+            if state != lib.PYSEQ_CURSOR_FREE and not pid_alive(int(c.pid)) and lib.pyseq_cursor_claim(c, state):
+                return i
+        raise errors.ReaderTableFullError(
+            f"ring {self.name!r}: all {self.max_readers} reader cursors are held by live readers")
+
+    def _release_reader(self, reader: "Reader") -> None:
+        if reader in self._readers:
+            self._readers.remove(reader)
+
+    # ---- introspection -------------------------------------------------------------------------
+
+    @property
+    def published_sequence(self) -> int:
+        """The last sequence published (first_sequence - 1 if none)."""
+        return int(lib.pyseq_header_published(self._mapping().header))
+
+    def info(self) -> dict[str, Any]:
+        h = self._mapping().header
+        pid = int(h.writer_pid)
+        return {
+            "name": self.name, "capacity": self.capacity, "slot_size": self.slot_size,
+            "max_readers": self.max_readers, "first_sequence": self.first_sequence,
+            "published_sequence": self.published_sequence, "writer_pid": pid,
+            "writer_alive": pid_alive(pid) and int(h.writer_state) == lib.PYSEQ_WRITER_OPEN,
+            "writer_state": {0: "none", 1: "open", 2: "closed"}.get(int(h.writer_state), "?"),
+            "writer_heartbeat_ns": int(h.writer_heartbeat_ns), "eviction_count": int(h.eviction_count),
+            "created_ns": int(h.created_ns), "readers": self.readers(),
+        }
+
+    def readers(self) -> list[dict[str, Any]]:
+        """Every cursor entry in use: name, pid, gating, state, sequence, lag, alive."""
+        m = self._mapping()
+        published = self.published_sequence
+        out = []
+        for i in range(self.max_readers):
+            c = m.cursors + i
+            state = int(lib.pyseq_cursor_state(c))
+            if state == lib.PYSEQ_CURSOR_FREE:
+                continue
+            seq = int(lib.pyseq_cursor_sequence(c))
+            out.append({
+                "index": i, "name": ffi.string(c.name).decode(errors="replace"), "pid": int(c.pid),
+                "gating": bool(c.gating), "sequence": seq, "lag": published - seq,
+                "state": {1: "claimed", 2: "active", 3: "evicted"}.get(state, "?"),
+                "heartbeat_ns": int(c.heartbeat_ns), "alive": pid_alive(int(c.pid)),
+            })
+        return out
+
+    @property
+    def writer_closed(self) -> bool:
+        """True once the writer closed the ring (end of stream)."""
+        return int(self._mapping().header.writer_state) == lib.PYSEQ_WRITER_CLOSED
+
+
+def _writer_pid_of(fd: int) -> int:
+    raw = os.pread(fd, 136, 0)
+    return int.from_bytes(raw[128:136], "little", signed=True) if len(raw) == 136 else 0
+
+
+def _read_header(fd: int, name: str) -> Any:
+    """Read and check the header page through a private copy; raise a clear error for anything off."""
+    size = os.fstat(fd).st_size
+    hsize = ffi.sizeof("pyseq_ring_header_t")
+    if size == 0:
+        raise errors.RingNotReadyError(f"ring {name!r} exists but is empty: its creator has not sized it yet")
+    if size < hsize:
+        raise errors.RingFormatError(f"ring {name!r}: {shm_path(name)} is {size} bytes, too short for a "
+                                     f"pyseq ring header ({hsize} bytes): truncated or not a pyseq ring")
+    header = ffi.new("pyseq_ring_header_t *")
+    raw = os.pread(fd, hsize, 0)
+    ffi.memmove(header, raw, hsize)
+    if header.magic != lib.PYSEQ_RING_MAGIC:
+        if header.magic == 0 and header.layout_version == 0:
+            raise errors.RingNotReadyError(f"ring {name!r} is not initialised yet")
+        raise errors.RingFormatError(f"{shm_path(name)} is not a pyseq ring (magic {int(header.magic):#018x})")
+    version = int(header.layout_version)
+    if version == 0:
+        raise errors.RingNotReadyError(f"ring {name!r} is not initialised yet (layout version 0)")
+    if version >> 16 != lib.PYSEQ_RING_LAYOUT_MAJOR:
+        raise errors.RingFormatError(
+            f"ring {name!r} has layout version {version >> 16}.{version & 0xFFFF}; this pyseq reads "
+            f"{lib.PYSEQ_RING_LAYOUT_MAJOR}.x")
+    capacity, slot_size, max_readers = int(header.capacity), int(header.slot_size), int(header.max_readers)
+    expected = int(lib.pyseq_ring_file_length(capacity, slot_size, max_readers, PAGE_SIZE))
+    if expected == 0 or int(header.file_length) != expected:
+        raise errors.RingFormatError(
+            f"ring {name!r}: inconsistent header (capacity {capacity}, slot_size {slot_size}, "
+            f"max_readers {max_readers}, file_length {int(header.file_length)}, expected {expected})")
+    if int(header.slots_offset) + capacity * slot_size > expected or int(header.cursors_offset) < hsize:
+        raise errors.RingFormatError(f"ring {name!r}: header offsets out of range")
+    if size < expected:
+        raise errors.RingFormatError(
+            f"ring {name!r}: {shm_path(name)} is {size} bytes but its header says {expected}: truncated")
+    return header
+
+
+class Reader:
+    """One cursor on a ring: poll, read with a timeout, read batches, iterate.
+
+    Messages come in sequence order, each exactly once.  A reader the writer overtook raises
+    :class:`LappedError` (never torn data); :meth:`skip_to` restarts it further on.
+    """
+
+    def __init__(self, ring: Ring, index: int, name: str, gating: bool, next_seq: int,
+                 idle: IdleStrategy) -> None:
+        m = ring._mapping()
+        self.ring = ring
+        self.index = index
+        self.name = name
+        self.gating = gating
+        self.idle = idle
+        self._idle_c = idle._c
+        self._cursor = m.cursors + index
+        self._c = ffi.new("pyseq_reader_t *")
+        lib.pyseq_reader_init(self._c, m.header, m.cursors_ptr, m.slots_ptr, self._cursor, next_seq)
+        self._buf = ffi.new("char[]", ring.slot_size)
+        self._buf_len = ring.slot_size
+        self._mv = memoryview(ffi.buffer(self._buf))
+        self._timeout: Optional[float] = None
+        self._timeout_ns = 0
+        self._closed = False
+
+    @property
+    def next_sequence(self) -> int:
+        """The sequence this reader will return next."""
+        return int(self._c.next_sequence)
+
+    def poll_seq(self) -> int:
+        """Like :meth:`read_seq` without waiting: the sequence read, or 0 if none is published yet."""
+        seq = _poll(self._c, self._buf, self._buf_len)
+        if seq >= 0:
+            return seq
+        self._raise(seq)
+
+    def read_seq(self, timeout: Optional[float] = None) -> int:
+        """The zero-object fast path: wait for the next message (in C, GIL released), copy it into this
+        reader's own buffer and return its sequence.  The copy stays there until the next read:
+        :attr:`last` decodes it, :meth:`Ring.forward` republishes it, :attr:`buffer` shows its bytes
+        (the frame header, then the payload).  Raises like :meth:`read`."""
+        if timeout is not None and 0 <= timeout <= 0.1:
+            if timeout is not self._timeout:
+                self._timeout, self._timeout_ns = timeout, int(timeout * 1e9)
+            seq = _read(self._c, self._buf, self._buf_len, self._timeout_ns, self._idle_c)
+        else:
+            seq = self._read_long(timeout)
+        if seq > 0:
+            return seq
+        self._raise_empty(seq, timeout)
+
+    @property
+    def last(self) -> Message:
+        """The message in this reader's buffer (the one the last read returned), as a Message."""
+        return self._message()
+
+    @property
+    def buffer(self) -> memoryview:
+        """This reader's copy buffer: the last message's frame header (``pyseq.FRAME_LENGTH`` bytes) and
+        payload.  Overwritten by the next read."""
+        return self._mv
+
+    def poll(self) -> Optional[Message]:
+        """The next message, or None if it is not published yet."""
+        seq = _poll(self._c, self._buf, self._buf_len)
+        if seq > 0:
+            return self._message()
+        if seq == 0:
+            self._check_open()
+            return None
+        self._raise(seq)
+
+    def read(self, timeout: Optional[float] = None) -> Message:
+        """The next message, waiting by the idle strategy (in C, GIL released) up to ``timeout``
+        seconds (None: for ever, in slices so Ctrl-C works); :class:`pyseq.TimeoutError` after it."""
+        if timeout is not None and 0 <= timeout <= 0.1:
+            if timeout is not self._timeout:
+                self._timeout, self._timeout_ns = timeout, int(timeout * 1e9)
+            seq = _read(self._c, self._buf, self._buf_len, self._timeout_ns, self._idle_c)
+        else:
+            seq = self._read_long(timeout)
+        if seq > 0:
+            return self._message()
+        self._raise_empty(seq, timeout)
+
+    def _raise_empty(self, seq: int, timeout: Optional[float]) -> None:
+        if seq == 0:
+            self._check_open()
+            raise errors.TimeoutError(
+                f"no message on ring {self.ring.name!r} at sequence {self.next_sequence} within {timeout} s")
+        self._raise(seq)
+
+    def _read_long(self, timeout: Optional[float]) -> int:
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout must be >= 0 or None, not {timeout}")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if deadline is None:
+                slice_ns = SLICE_NS
+            else:
+                slice_ns = max(0, min(SLICE_NS, int((deadline - time.monotonic()) * 1e9)))
+            seq = _read(self._c, self._buf, self._buf_len, slice_ns, self._idle_c)
+            if seq != 0 or (deadline is not None and time.monotonic() >= deadline):
+                return seq
+            self._check_open()
+
+    def _message(self) -> Message:
+        seq, ts, length, msg_type, version, source, _flags = _unpack_frame(self._mv)
+        return _new_message(Message, (seq, ts, msg_type, version, source,
+                                      self._mv[FRAME_LENGTH:FRAME_LENGTH + length].tobytes()))
+
+    def read_batch(self, limit: int, timeout: Optional[float] = 0.0, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """Up to ``limit`` messages as a numpy structured array of ``ring.dtype`` (a copy of whole
+        slots, made in one C call).  Waits up to ``timeout`` seconds for the first one; returns an
+        empty array if none came.  Pass ``out`` (an array of ``ring.dtype``) to reuse a buffer."""
+        if out is None:
+            out = np.empty(limit, dtype=self.ring.dtype)
+        elif out.dtype != self.ring.dtype or not out.flags.c_contiguous or len(out) < limit:
+            raise ValueError("out must be a contiguous array of ring.dtype with room for limit messages")
+        if limit <= 0:
+            raise ValueError(f"limit must be > 0, not {limit}")
+        buf = ffi.from_buffer(out)
+        try:
+            if timeout is not None and timeout <= 0.1:
+                n = lib.pyseq_reader_read_batch(self._c, buf, limit, _timeout_ns(timeout), self._idle_c)
+            else:
+                n = self._batch_long(buf, limit, timeout)
+        finally:
+            ffi.release(buf)
+        if n >= 0:
+            return out[:n]
+        self._raise(n)
+
+    def _batch_long(self, buf: Any, limit: int, timeout: Optional[float]) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            slice_ns = SLICE_NS if deadline is None else max(
+                0, min(SLICE_NS, int((deadline - time.monotonic()) * 1e9)))
+            n = lib.pyseq_reader_read_batch(self._c, buf, limit, slice_ns, self._idle_c)
+            if n != 0 or (deadline is not None and time.monotonic() >= deadline):
+                return n
+            self._check_open()
+
+    def __iter__(self) -> Iterator[Message]:
+        """Every message, waiting for the next; ends when the writer has closed the ring and this
+        reader has read everything published."""
+        while True:
+            seq = _read(self._c, self._buf, self._buf_len, SLICE_NS, self._idle_c)
+            if seq > 0:
+                yield self._message()
+            elif seq == 0:
+                self._check_open()
+                if self.ring.writer_closed and self.next_sequence > self.ring.published_sequence:
+                    return
+            else:
+                self._raise(seq)
+
+    def skip_to(self, sequence: int) -> None:
+        """Continue from ``sequence`` (after a :class:`LappedError`: its ``resume_at``)."""
+        self._check_open()
+        self._c.next_sequence = sequence
+        self._c.lapped_by = 0
+
+    def heartbeat(self) -> None:
+        """Refresh this reader's heartbeat (waiting does it too)."""
+        lib.pyseq_reader_heartbeat(self._c)
+
+    @property
+    def lag(self) -> int:
+        """Messages published that this reader has not read yet."""
+        return self.ring.published_sequence - self.next_sequence + 1
+
+    def _check_open(self) -> None:
+        if self._closed or self.ring.closed:
+            raise errors.RingClosedError(f"reader {self.name!r} of ring {self.ring.name!r} is closed")
+
+    def _raise(self, status: int) -> None:
+        self._check_open()
+        if status == lib.PYSEQ_ELAPPED:
+            first = self.next_sequence
+            resume = max(self.ring.first_sequence, self.ring.published_sequence - self.ring.capacity + 1,
+                         first + 1)
+            detail = ""
+            if lib.pyseq_cursor_state(self._cursor) == lib.PYSEQ_CURSOR_EVICTED:
+                detail = "this gating reader was evicted by the writer"
+            raise errors.LappedError(first, resume - first, resume, detail)
+        if status == lib.PYSEQ_EINVAL:
+            raise ValueError("invalid argument to the ring's C core")
+        raise errors.PyseqError(f"ring {self.ring.name!r}: unexpected status {status}")
+
+    def close(self) -> None:
+        """Give the cursor back (a gating reader stops holding the writer)."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self.ring.closed:
+            lib.pyseq_cursor_release(self._cursor)
+        self.ring._release_reader(self)
+
+    def __enter__(self) -> "Reader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"<pyseq.Reader {self.name!r} of {self.ring.name!r} next={self.next_sequence}"
+                f"{' gating' if self.gating else ''}>")
