@@ -1,4 +1,11 @@
-# The documented cffi way to build an extension at install time; everything else is in pyproject.toml.
-from setuptools import setup
+# The documented cffi way to build at install time (cffi_modules), plus the small CPython shim for the
+# per-message hot calls (csrc/fast.c explains why); everything else is in pyproject.toml.
+from setuptools import Extension, setup
 
-setup(cffi_modules=["csrc/build_ffi.py:ffibuilder", "csrc/build_ffi.py:hotbuilder"])
+CFLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-fno-strict-aliasing"]
+
+setup(
+    cffi_modules=["csrc/build_ffi.py:ffibuilder"],
+    ext_modules=[Extension("pyseq._fast", sources=["csrc/fast.c", "csrc/ring.c"], include_dirs=["csrc"],
+                           extra_compile_args=CFLAGS)],
+)

@@ -21,9 +21,9 @@ import numpy as np
 import psutil
 
 from . import errors
-from ._native import ffi, hot, lib
+from ._native import HotReader, HotWriter, address, ffi, lib
 from .idle import IdleStrategy, default_idle
-from .message import FRAME, FRAME_LENGTH, Message, batch_dtype
+from .message import FRAME_LENGTH, Message, batch_dtype
 
 log = logging.getLogger("pyseq.ring")
 
@@ -35,12 +35,6 @@ SLICE_NS = 100_000_000  # a wait without a timeout is cut in slices so Ctrl-C an
 UNREADY_GRACE_S = 5.0   # a ring still uninitialised after this long was abandoned by its creator
 
 Start = Union[str, int]
-_new_message = tuple.__new__
-_unpack_frame = FRAME.unpack_from
-_try_publish = hot.pyseq_writer_try_publish
-_try_forward = hot.pyseq_writer_try_forward
-_poll = hot.pyseq_reader_poll
-_read = lib.pyseq_reader_read
 
 
 def validate_name(name: str) -> str:
@@ -135,11 +129,13 @@ class _Mapping:
         self.buffers, self.maps = [], []
 
 
-class Ring:
+class Ring(HotWriter):
     """A handle on one ring: the writer's (from :meth:`create`) or an attached one (:meth:`attach`).
 
     The writer publishes; any handle makes readers.  Use as a context manager, or call
     :meth:`close`; closing never removes the ring (``unlink`` / ``Ring.remove`` do).
+    ``publish`` and ``forward`` are C methods (pyseq._fast) for the common case; the ``*_slow``
+    methods below take every other case.
     """
 
     def __init__(self, name: str, fd: int, mapping: _Mapping, is_writer: bool,
@@ -162,6 +158,7 @@ class Ring:
         if is_writer:
             self._w = ffi.new("pyseq_writer_t *")
             lib.pyseq_writer_init(self._w, h, mapping.cursors_ptr, mapping.slots_ptr)
+            self._bind(address(self._w), self._w)
             self._gating_seen: dict[int, tuple[int, float]] = {}
             self._last_gating_check = 0.0
 
@@ -325,6 +322,7 @@ class Ring:
         for r in list(self._readers):
             r.close()
         if self.is_writer:
+            self._unbind()
             lib.pyseq_header_set_writer(self._map.header, os.getpid(), lib.PYSEQ_WRITER_CLOSED)
             self._w = None
         self._map.close()
@@ -358,66 +356,63 @@ class Ring:
                 f"this handle attached to ring {self.name!r}; only the process that created it writes")
         return self._w
 
-    def publish(self, msg_type: Any, payload: Any = None, *, source: int = 0, schema_version: int = 0,
-                timestamp_ns: int = 0, timeout: Optional[float] = None) -> int:
-        """Publish one message; return the sequence it was given.
-
-        ``publish(msg_type, payload_bytes)`` or ``publish(record)`` for a declared record (its
-        message type and version go into the frame).  If a gating reader holds the slot, wait by
-        the ring's idle strategy up to ``timeout`` seconds (None: until it frees it) and then raise
-        :class:`BackPressureError`.
-        """
+    def _publish_slow(self, msg_type: Any, payload: Any = None, *, source: int = 0, schema_version: int = 0,
+                      timestamp_ns: int = 0, timeout: Optional[float] = None) -> int:
+        """``publish`` for every case its C fast path does not take: a record to encode, a payload
+        that is not a contiguous buffer, values out of range, a closed or attached handle, and
+        back-pressure (wait up to ``timeout``, evicting dead gating readers, then raise)."""
         if payload is None and hasattr(msg_type, "encode") and hasattr(msg_type, "msg_type"):
             record = msg_type
             msg_type, payload, schema_version = record.msg_type, record.encode(), record.version
-        w = self._w
-        if w is None:
-            w = self._writer()
-        if type(payload) is bytes:
-            seq = _try_publish(w, msg_type, schema_version, source, timestamp_ns, payload, len(payload))
-        else:
-            buf = ffi.from_buffer(payload)
-            seq = _try_publish(w, msg_type, schema_version, source, timestamp_ns, buf, len(buf))
-        if seq > 0:
-            return seq
-        return self._publish_slow(seq, msg_type, payload, source, schema_version, timestamp_ns, timeout)
+        w = self._writer()
+        _check_field("msg_type", msg_type, 0xFFFF)
+        _check_field("schema_version", schema_version, 0xFFFF)
+        _check_field("source", source, 0xFFFFFFFF)
+        _check_field("timestamp_ns", timestamp_ns, (1 << 63) - 1)
+        if payload is None:
+            raise TypeError("publish(msg_type, payload) needs a payload (bytes or a buffer), or a declared record")
+        try:
+            data = memoryview(payload).cast("B")
+        except TypeError:
+            raise TypeError(f"payload must be bytes or a contiguous buffer, not {type(payload).__name__}") from None
+        if len(data) > self.max_payload:
+            raise errors.MessageTooLargeError(
+                f"payload of {len(data)} bytes; ring {self.name!r} slots hold at most {self.max_payload}")
+        buf = ffi.from_buffer(data)
+        try:
+            while True:
+                seq = lib.pyseq_writer_try_publish(w, msg_type, schema_version, source, timestamp_ns, buf, len(data))
+                if seq > 0:
+                    return int(seq)
+                self._wait_capacity(1, timeout)
+        finally:
+            ffi.release(buf)
 
     def try_publish(self, msg_type: Any, payload: Any = None, *, source: int = 0, schema_version: int = 0,
                     timestamp_ns: int = 0) -> Optional[int]:
-        """Publish one message if there is room now; None if a gating reader holds the writer back."""
+        """Publish one message if there is room now; None if a gating reader holds the writer back.
+        (Dead gating readers are still evicted first.)"""
         try:
             return self.publish(msg_type, payload, source=source, schema_version=schema_version,
                                 timestamp_ns=timestamp_ns, timeout=0)
         except errors.BackPressureError:
             return None
 
-    def _publish_slow(self, status: int, msg_type: int, payload: Any, source: int, schema_version: int,
-                      timestamp_ns: int, timeout: Optional[float]) -> int:
-        if status == lib.PYSEQ_ETOO_LARGE:
-            raise errors.MessageTooLargeError(
-                f"payload of {len(payload)} bytes; ring {self.name!r} slots hold at most {self.max_payload}")
-        self._wait_capacity(1, timeout)
-        buf = payload if type(payload) is bytes else ffi.from_buffer(payload)
-        seq = _try_publish(self._w, msg_type, schema_version, source, timestamp_ns, buf, len(buf))
-        if seq <= 0:  # pragma: no cover - _wait_capacity returned, so there is room
-            raise errors.PyseqError(f"publish failed after waiting (status {seq})")
-        return seq
-
-    def forward(self, reader: "Reader", *, keep_timestamp: bool = False, timeout: Optional[float] = None) -> int:
-        """Publish again the message ``reader`` read last (by ``read_seq``/``poll_seq``/``read``),
-        copying frame fields and payload in C without building a Python object; return its new
-        sequence.  The timestamp is the new sequencing time unless ``keep_timestamp``."""
-        w = self._w
-        if w is None:
-            w = self._writer()
-        seq = _try_forward(w, reader._buf, keep_timestamp)
-        if seq > 0:
-            return seq
-        if seq == lib.PYSEQ_ETOO_LARGE:
-            raise errors.MessageTooLargeError(
-                f"forwarded payload does not fit ring {self.name!r} (at most {self.max_payload} bytes)")
-        self._wait_capacity(1, timeout)
-        return int(_try_forward(w, reader._buf, keep_timestamp))
+    def _forward_slow(self, reader: "Reader", *, keep_timestamp: bool = False,
+                      timeout: Optional[float] = None) -> int:
+        """``forward`` for every case its C fast path does not take (see ``forward``)."""
+        w = self._writer()
+        if not isinstance(reader, Reader):
+            raise TypeError(f"forward() takes a pyseq.Reader, not {type(reader).__name__}")
+        reader._check_open()
+        while True:
+            seq = lib.pyseq_writer_try_forward(w, reader._buf, bool(keep_timestamp))
+            if seq > 0:
+                return int(seq)
+            if seq == lib.PYSEQ_ETOO_LARGE:
+                raise errors.MessageTooLargeError(
+                    f"the forwarded payload does not fit ring {self.name!r} (at most {self.max_payload} bytes)")
+            self._wait_capacity(1, timeout)
 
     def publish_batch(self, msg_type: int, records: np.ndarray, *, source: int = 0, schema_version: int = 0,
                       timestamp_ns: int = 0, timeout: Optional[float] = None) -> int:
@@ -620,6 +615,13 @@ class Ring:
         return int(self._mapping().header.writer_state) == lib.PYSEQ_WRITER_CLOSED
 
 
+def _check_field(name: str, value: Any, maximum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if not 0 <= value <= maximum:
+        raise ValueError(f"{name} must be from 0 to {maximum}, not {value}")
+
+
 def _writer_pid_of(fd: int) -> int:
     raw = os.pread(fd, 136, 0)
     return int.from_bytes(raw[128:136], "little", signed=True) if len(raw) == 136 else 0
@@ -662,11 +664,13 @@ def _read_header(fd: int, name: str) -> Any:
     return header
 
 
-class Reader:
+class Reader(HotReader):
     """One cursor on a ring: poll, read with a timeout, read batches, iterate.
 
     Messages come in sequence order, each exactly once.  A reader the writer overtook raises
     :class:`LappedError` (never torn data); :meth:`skip_to` restarts it further on.
+    ``read``, ``read_seq``, ``poll`` and ``poll_seq`` are C methods (pyseq._fast); they hand every
+    case but a message read to ``_read_slow``/``_read_seq_slow``, which raise.
     """
 
     def __init__(self, ring: Ring, index: int, name: str, gating: bool, next_seq: int,
@@ -684,40 +688,39 @@ class Reader:
         self._buf = ffi.new("char[]", ring.slot_size)
         self._buf_len = ring.slot_size
         self._mv = memoryview(ffi.buffer(self._buf))
-        self._timeout: Optional[float] = None
-        self._timeout_ns = 0
         self._closed = False
+        self._bind(address(self._c), address(self._buf), ring.slot_size, address(self._idle_c), Message,
+                   (self._c, self._buf, self._idle_c))
 
     @property
     def next_sequence(self) -> int:
         """The sequence this reader will return next."""
         return int(self._c.next_sequence)
 
-    def poll_seq(self) -> int:
-        """Like :meth:`read_seq` without waiting: the sequence read, or 0 if none is published yet."""
-        seq = _poll(self._c, self._buf, self._buf_len)
-        if seq >= 0:
-            return seq
-        self._raise(seq)
+    def _read_slow(self, status: Optional[int], timeout: Optional[float] = None) -> Message:
+        self._read_seq_slow(status, timeout)
+        return self._message()
 
-    def read_seq(self, timeout: Optional[float] = None) -> int:
-        """The zero-object fast path: wait for the next message (in C, GIL released), copy it into this
-        reader's own buffer and return its sequence.  The copy stays there until the next read:
-        :attr:`last` decodes it, :meth:`Ring.forward` republishes it, :attr:`buffer` shows its bytes
-        (the frame header, then the payload).  Raises like :meth:`read`."""
-        if timeout is not None and 0 <= timeout <= 0.1:
-            if timeout is not self._timeout:
-                self._timeout, self._timeout_ns = timeout, int(timeout * 1e9)
-            seq = _read(self._c, self._buf, self._buf_len, self._timeout_ns, self._idle_c)
-        else:
-            seq = self._read_long(timeout)
-        if seq > 0:
-            return seq
-        self._raise_empty(seq, timeout)
+    def _read_seq_slow(self, status: Optional[int], timeout: Optional[float] = None) -> int:
+        """What ``read``/``read_seq``/``poll`` do when their C fast path returned no message:
+        ``status`` is what it returned (None if it did not run: closed, or an unusual timeout)."""
+        self._check_open()
+        if status is None:
+            if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool)):
+                raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
+            status = int(self._read_status(_timeout_ns(timeout)))
+            if status > 0:
+                return status
+        if status == 0:
+            raise errors.TimeoutError(
+                f"no message on ring {self.ring.name!r} at sequence {self.next_sequence} within {timeout} s")
+        self._raise(status)
+        raise AssertionError("unreachable")
 
     @property
     def last(self) -> Message:
         """The message in this reader's buffer (the one the last read returned), as a Message."""
+        self._check_open()
         return self._message()
 
     @property
@@ -725,55 +728,6 @@ class Reader:
         """This reader's copy buffer: the last message's frame header (``pyseq.FRAME_LENGTH`` bytes) and
         payload.  Overwritten by the next read."""
         return self._mv
-
-    def poll(self) -> Optional[Message]:
-        """The next message, or None if it is not published yet."""
-        seq = _poll(self._c, self._buf, self._buf_len)
-        if seq > 0:
-            return self._message()
-        if seq == 0:
-            self._check_open()
-            return None
-        self._raise(seq)
-
-    def read(self, timeout: Optional[float] = None) -> Message:
-        """The next message, waiting by the idle strategy (in C, GIL released) up to ``timeout``
-        seconds (None: for ever, in slices so Ctrl-C works); :class:`pyseq.TimeoutError` after it."""
-        if timeout is not None and 0 <= timeout <= 0.1:
-            if timeout is not self._timeout:
-                self._timeout, self._timeout_ns = timeout, int(timeout * 1e9)
-            seq = _read(self._c, self._buf, self._buf_len, self._timeout_ns, self._idle_c)
-        else:
-            seq = self._read_long(timeout)
-        if seq > 0:
-            return self._message()
-        self._raise_empty(seq, timeout)
-
-    def _raise_empty(self, seq: int, timeout: Optional[float]) -> None:
-        if seq == 0:
-            self._check_open()
-            raise errors.TimeoutError(
-                f"no message on ring {self.ring.name!r} at sequence {self.next_sequence} within {timeout} s")
-        self._raise(seq)
-
-    def _read_long(self, timeout: Optional[float]) -> int:
-        if timeout is not None and timeout < 0:
-            raise ValueError(f"timeout must be >= 0 or None, not {timeout}")
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            if deadline is None:
-                slice_ns = SLICE_NS
-            else:
-                slice_ns = max(0, min(SLICE_NS, int((deadline - time.monotonic()) * 1e9)))
-            seq = _read(self._c, self._buf, self._buf_len, slice_ns, self._idle_c)
-            if seq != 0 or (deadline is not None and time.monotonic() >= deadline):
-                return seq
-            self._check_open()
-
-    def _message(self) -> Message:
-        seq, ts, length, msg_type, version, source, _flags = _unpack_frame(self._mv)
-        return _new_message(Message, (seq, ts, msg_type, version, source,
-                                      self._mv[FRAME_LENGTH:FRAME_LENGTH + length].tobytes()))
 
     def read_batch(self, limit: int, timeout: Optional[float] = 0.0, out: Optional[np.ndarray] = None) -> np.ndarray:
         """Up to ``limit`` messages as a numpy structured array of ``ring.dtype`` (a copy of whole
@@ -811,7 +765,8 @@ class Reader:
         """Every message, waiting for the next; ends when the writer has closed the ring and this
         reader has read everything published."""
         while True:
-            seq = _read(self._c, self._buf, self._buf_len, SLICE_NS, self._idle_c)
+            self._check_open()
+            seq = self._read_status(SLICE_NS)
             if seq > 0:
                 yield self._message()
             elif seq == 0:
@@ -859,6 +814,7 @@ class Reader:
         if self._closed:
             return
         self._closed = True
+        self._unbind()
         if not self.ring.closed:
             lib.pyseq_cursor_release(self._cursor)
         self.ring._release_reader(self)
