@@ -12,11 +12,13 @@ from .errors import (BackPressureError, LappedError, MessageTooLargeError, NotWr
 from .idle import BackoffIdle, BusySpin, IdleStrategy, SpinYield, default_idle
 from .message import FRAME_LENGTH, Message, batch_dtype, batch_payloads
 from .ring import Reader, Ring
+from . import schema
+from .schema import Record, check_compatible
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Ring", "Reader", "Message", "FRAME_LENGTH", "batch_dtype", "batch_payloads",
+    "Ring", "Reader", "Message", "Record", "schema", "check_compatible", "FRAME_LENGTH", "batch_dtype", "batch_payloads",
     "IdleStrategy", "BusySpin", "SpinYield", "BackoffIdle", "default_idle",
     "PyseqError", "RingNameError", "RingNotFoundError", "RingExistsError", "WriterExistsError",
     "RingFormatError", "RingNotReadyError", "RingClosedError", "RingConfigError", "RingPermissionError",

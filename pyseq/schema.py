@@ -13,6 +13,9 @@ structured dtype, a precompiled :class:`struct.Struct`, encode/decode, and a C h
     o = Order(order_id=1, price=10.5, symbol="AAPL")
     Order.decode(o.encode()) == o
 
+A field may also be written ``order_id: Annotated[int, u64]``, ``symbol: Annotated[str, string(8)]``:
+the same field, in a form mypy understands (it rejects ``u64`` and ``string(8)`` as types).
+
 Instances are immutable and hashable.  Like a namedtuple, a record *is* a tuple of its field values
 in declaration order (that is what makes construction, encode and decode cheap), but it compares
 equal only to a record of the same class.  Values are checked when a record is built, so a record
@@ -57,6 +60,7 @@ every type.
 """
 from __future__ import annotations
 
+import collections
 import enum
 import inspect
 import numbers
@@ -67,7 +71,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from struct import Struct
 from struct import error as StructError
-from typing import Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar, cast, get_args, get_origin
 
 import numpy as np
 
@@ -113,6 +117,7 @@ class Kind:
     numpy: str      # numpy dtype string, explicit byte order
     c_type: str
     c_dims: str     # "" or "[n]"
+    value_type: ClassVar[type] = object  # what a field of this kind holds in Python
 
     def __repr__(self) -> str:
         return self.name
@@ -140,6 +145,7 @@ class Kind:
 
 @dataclass(frozen=True, repr=False)
 class _IntKind(Kind):
+    value_type = int
     lo: int
     hi: int
 
@@ -166,6 +172,8 @@ _F32 = Struct("<f")
 
 @dataclass(frozen=True, repr=False)
 class _FloatKind(Kind):
+    value_type = float
+
     def check(self, value: object, where: str) -> float:
         _reject_missing(value, where)
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
@@ -185,6 +193,8 @@ class _FloatKind(Kind):
 
 @dataclass(frozen=True, repr=False)
 class _BoolKind(Kind):
+    value_type = bool
+
     def check(self, value: object, where: str) -> bool:
         _reject_missing(value, where)
         if not isinstance(value, (bool, np.bool_)):
@@ -197,6 +207,8 @@ class _BoolKind(Kind):
 
 @dataclass(frozen=True, repr=False)
 class _StringKind(Kind):
+    value_type = str
+
     def check(self, value: object, where: str) -> str:
         _reject_missing(value, where)
         if not isinstance(value, str):
@@ -232,6 +244,8 @@ class _StringKind(Kind):
 
 @dataclass(frozen=True, repr=False)
 class _RawKind(Kind):
+    value_type = bytes
+
     def check(self, value: object, where: str) -> bytes:
         _reject_missing(value, where)
         if not isinstance(value, (bytes, bytearray, memoryview)):
@@ -308,7 +322,7 @@ _C_KEYWORDS = frozenset("""
 # Names the generated code binds; field names never start with "_", so they cannot collide.
 _CODEGEN_GLOBALS: dict[str, Any] = {
     "_type": type, "_int": int, "_float": float, "_bool": bool, "_str": str, "_bytes": bytes,
-    "_len": len, "_tnew": tuple.__new__, "MISSING": MISSING,
+    "_len": len, "_memoryview": memoryview, "_tnew": tuple.__new__, "MISSING": MISSING,
 }
 
 
@@ -316,14 +330,17 @@ class _RecordMeta(type):
     """Turns a class body of annotated fields into a record class (see :class:`Record`)."""
 
     def __new__(mcs, name: str, bases: tuple[type, ...], ns: dict[str, Any],
-                msg_type: int | None = None, version: int = 1) -> _RecordMeta:
+                msg_type: int | None = None, version: int = 1, **unknown: Any) -> _RecordMeta:
         if not any(isinstance(base, _RecordMeta) for base in bases):
             return super().__new__(mcs, name, bases, ns)  # Record itself
+        if unknown:
+            raise SchemaError(f"{name}: unknown class keyword {', '.join(map(repr, unknown))}; "
+                              f"a record takes msg_type and version")
         if bases != (Record,):
             raise SchemaError(f"{name}: a record derives from Record alone; declare each version "
                               f"as its own class with all its fields")
         cls = super().__new__(mcs, name, bases, _record_namespace(name, ns, msg_type, version))
-        _register(cls)
+        _register(cast("type[Record]", cls))
         return cls
 
     def __init__(cls, name: str, bases: tuple[type, ...], ns: dict[str, Any], **_: Any) -> None:
@@ -342,7 +359,7 @@ class Record(tuple[Any, ...], metaclass=_RecordMeta):
     struct: ClassVar[Struct]
     fields: ClassVar[tuple[Field, ...]]
     _names: ClassVar[tuple[str, ...]]
-    _prefixes: ClassVar[dict[int, int]]
+    _prefixes: ClassVar[dict[int, _Prefix]]
     _to_wire: ClassVar[Callable[[Any], tuple[Any, ...]]]
     _from_wire: ClassVar[Callable[[tuple[Any, ...]], tuple[Any, ...]]]
 
@@ -400,15 +417,16 @@ class Record(tuple[Any, ...], metaclass=_RecordMeta):
         values = ", ".join(f"{name}={value!r}" for name, value in zip(self._names, self))
         return f"{type(self).__name__}({values})"
 
+    # Equal only to a record of the same class: a plain tuple's reflected == must not get a say.
     def __eq__(self, other: object) -> bool:
         if type(other) is type(self):
-            return tuple.__eq__(self, other)  # type: ignore[arg-type]
-        return NotImplemented
+            return tuple.__eq__(self, other)
+        return False if isinstance(other, tuple) else NotImplemented
 
     def __ne__(self, other: object) -> bool:
         if type(other) is type(self):
-            return tuple.__ne__(self, other)  # type: ignore[arg-type]
-        return NotImplemented
+            return tuple.__ne__(self, other)
+        return True if isinstance(other, tuple) else NotImplemented
 
     __hash__ = tuple.__hash__
 
@@ -457,8 +475,16 @@ def _field_kind(name: str, fname: str, ann: object) -> Kind:
         raise SchemaError(f"{where}: {fname!r} is a Record attribute and cannot be a field name")
     if fname in _C_KEYWORDS:
         raise SchemaError(f"{where}: {fname!r} is a C keyword and cannot be a field name")
+    if get_origin(ann) is Annotated:  # Annotated[int, u64]: the same field, and mypy can read it
+        python_type, *metadata = get_args(ann)
+        kinds = [m for m in metadata if isinstance(m, Kind)]
+        if len(kinds) != 1 or python_type is not kinds[0].value_type:
+            raise SchemaError(f"{where}: write Annotated[T, kind] with one kind and T its Python type, "
+                              f"as in Annotated[int, u64] or Annotated[str, string(8)]; got {ann!r}")
+        ann = kinds[0]
     if ann is string or ann is raw:
-        raise SchemaError(f"{where}: {ann.__name__} needs a size, as in {ann.__name__}(8)")  # type: ignore[attr-defined]
+        factory = "string" if ann is string else "raw"
+        raise SchemaError(f"{where}: {factory} needs a size, as in {factory}(8)")
     if not isinstance(ann, Kind):
         raise SchemaError(f"{where}: {ann!r} is not a field kind; use one of i8 i16 i32 i64 u8 u16 "
                           f"u32 u64 f32 f64 boolean string(n) raw(n)")
@@ -513,25 +539,26 @@ def _record_namespace(name: str, ns: dict[str, Any], msg_type: object, version: 
                 for i, f in enumerate(fields)]
     new_src.append(f"    return _tnew(_cls, ({plain},))")
     encode_src = (f"def encode(_self):\n"
-                  f"    {plain}, = _self\n"
                   f"    try:\n"
+                  f"        {plain}, = _self\n"  # faster than _pack(*_self) on a tuple subclass
                   f"        return _pack({to_wire})\n"
                   f"    except (_StructError, OverflowError, TypeError, AttributeError, UnicodeError) as _e:\n"
                   f"        raise _encode_error(_self, _e) from None\n")
     decode_src = ("def decode(_cls, _buf):\n"
-                  "    _n = _len(_buf) if _type(_buf) is _bytes else _nbytes(_buf)\n"
+                  "    _t = _type(_buf)\n"
+                  "    _n = _len(_buf) if _t is _bytes else _buf.nbytes if _t is _memoryview else _nbytes(_buf)\n"
                   "    if _n < _size: return _decode_short(_cls, _buf, _n)\n"
                   "    try:\n"
-                  "        _v = _unpack_from(_buf)\n"
-                  + (f"        return _tnew(_cls, ({from_wire},))\n" if has_text else
-                     "        return _tnew(_cls, _v)\n") +
+                  + (f"        _v = _unpack_from(_buf)\n"
+                     f"        return _tnew(_cls, ({from_wire},))\n" if has_text else
+                     "        return _tnew(_cls, _unpack_from(_buf))\n") +
                   "    except (_StructError, TypeError, BufferError, UnicodeDecodeError) as _e:\n"
                   "        raise _decode_error(_cls, _buf, _e) from None\n")
 
     ns.update(
         __slots__=(), __match_args__=names, _names=names,
         msg_type=msg_type, version=version, size=offset, dtype=dtype, struct=codec, fields=tuple(fields),
-        _prefixes={f.offset: i for i, f in enumerate(fields)},
+        _prefixes={f.offset: _Prefix(fields, i) for i, f in enumerate(fields)},
         __new__=_compile("__new__", "\n".join(new_src), env),
         encode=_compile("encode", encode_src, env),
         decode=classmethod(_compile("decode", decode_src, env)),
@@ -550,8 +577,9 @@ def _record_namespace(name: str, ns: dict[str, Any], msg_type: object, version: 
     return ns
 
 
+# namedtuple's C field accessor where the interpreter has it; a property does the same, slower.
 _getter: Callable[[int, str], Any] = getattr(
-    __import__("collections"), "_tuplegetter", lambda index, doc: property(operator.itemgetter(index), doc=doc))
+    collections, "_tuplegetter", lambda index, doc: property(operator.itemgetter(index), doc=doc))
 
 
 def _bad_call(cls: type[Record], args: tuple[Any, ...], unknown: dict[str, Any]) -> None:
@@ -574,21 +602,34 @@ def _from_wire_slow(cls: type[Record], wire: tuple[Any, ...]) -> tuple[Any, ...]
                  for f, value in zip(cls.fields, wire))
 
 
+class _Prefix:
+    """How to read a payload holding only the first ``count`` fields (from an older version)."""
+
+    def __init__(self, fields: list[Field], count: int) -> None:
+        self.codec = Struct("<" + "".join(f.kind.code for f in fields[:count]))
+        self.has_text = any(isinstance(f.kind, _StringKind) for f in fields[:count])
+        self.lacking = next((f.name for f in fields[count:] if not f.has_default), None)
+        self.defaults = tuple(f.default for f in fields[count:])
+
+
 def _decode_short(cls: type[R], buf: Any, n: int) -> R:
-    count = cls._prefixes.get(n)
-    if count is None:
+    prefix = cls._prefixes.get(n)
+    if prefix is None:
         bounds = ", ".join(str(f.offset) for f in cls.fields)
         raise SchemaError(
             f"{cls.__name__} (msg_type {cls.msg_type} version {cls.version}): a payload of {n} bytes "
             f"does not fit: expected {cls.size} bytes, or more (a newer version), or a prefix ending "
             f"at a field boundary ({bounds}) from an older version")
-    for f in cls.fields[count:]:
-        if not f.has_default:
-            raise SchemaError(f"{cls.__name__}: a payload of {n} bytes (an older version) lacks field "
-                              f"{f.name!r}, which has no default")
-    wire = Struct("<" + "".join(f.kind.code for f in cls.fields[:count])).unpack_from(buf)
-    known = _from_wire_slow(cls, wire)
-    return tuple.__new__(cls, known + tuple(f.default for f in cls.fields[count:]))
+    if prefix.lacking is not None:
+        raise SchemaError(f"{cls.__name__}: a payload of {n} bytes (an older version) lacks field "
+                          f"{prefix.lacking!r}, which has no default")
+    try:
+        known = prefix.codec.unpack_from(buf)
+    except (StructError, TypeError, BufferError) as exc:
+        raise SchemaError(f"{cls.__name__}: cannot decode {_describe(buf)}: {exc}") from None
+    if prefix.has_text:
+        known = _from_wire_slow(cls, known)
+    return tuple.__new__(cls, known + prefix.defaults)
 
 
 def _decode_error(cls: type[Record], buf: Any, exc: Exception) -> SchemaError:
@@ -714,7 +755,8 @@ def c_header(*classes: type[Record], guard: str = "PYSEQ_MESSAGES_H") -> str:
         for f in cls.fields:
             note = f"{f.kind.name}" + (f", default {f.default!r}" if f.has_default else "")
             decl = f"{f.kind.c_type} {f.name}{f.kind.c_dims};"
-            out.append(f"    {decl:<{width}}  /* offset {f.offset}: {note.replace('*/', '* /')} */")
+            note = note.replace("*/", "* /").replace("/*", "/ *")  # a default must not end the comment
+            out.append(f"    {decl:<{width}}  /* offset {f.offset}: {note} */")
         out += [f"}} {struct_t};",
                 f'_Static_assert(sizeof({struct_t}) == {cls.size}, "{cls.__name__} size");']
         out += [f'_Static_assert(offsetof({struct_t}, {f.name}) == {f.offset}, '
