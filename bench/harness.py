@@ -15,6 +15,7 @@ import multiprocessing.connection
 import os
 import platform
 import re
+import resource
 import secrets
 import shutil
 import signal
@@ -93,6 +94,12 @@ def pin(cpu: int | None) -> None:
         psutil.Process().cpu_affinity([cpu])
     else:
         os.sched_setaffinity(0, {cpu})
+
+
+def preemptions() -> int:
+    """Involuntary context switches of this process so far: a busy-spinning peer pinned to its
+    own CPU is only switched out when something else wants that CPU (other load on the machine)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
 
 
 def _peer_main(label, cpu, fn, args, conn) -> None:
@@ -178,14 +185,15 @@ def unlink_shm(*names: str) -> None:
 
 
 def sweep_stale_shm() -> list[str]:
-    """Remove /dev/shm/pyseq-bench-<pid>-* objects whose bench process is gone."""
+    """Remove /dev/shm/[pyseq.]pyseq-bench-<pid>-* objects whose bench process is gone (pyseq
+    keeps ring <name> in /dev/shm/pyseq.<name>)."""
     removed = []
     try:
         entries = os.listdir(SHM_DIR)
     except FileNotFoundError:
         return removed
     for entry in entries:
-        m = re.match(re.escape(SHM_PREFIX) + r"(\d+)-", entry)
+        m = re.match(r"(?:pyseq\.)?" + re.escape(SHM_PREFIX) + r"(\d+)-", entry)
         if m is None:
             continue
         pid = int(m.group(1))

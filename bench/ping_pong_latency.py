@@ -57,13 +57,24 @@ def message(index: int) -> bytes:
     return index.to_bytes(8, "little") + PATTERN
 
 
+def describe_difference(got, want) -> str:
+    got = bytes(got)
+    if len(got) != len(want):
+        return f"{len(got)} bytes, expected {len(want)}"
+    at = next(k for k in range(len(want)) if got[k] != want[k])
+    return (f"first difference at byte {at}: got {got[at:at + 8].hex()}, "
+            f"expected {want[at:at + 8].hex()}")
+
+
 # ============================================================================================
 # PYSEQ - the only code in this file that imports or calls pyseq.
 # ============================================================================================
 
 
-def pyseq_pingpong(role: str, out_name: str = "", in_name: str = "", timeout: float = 5.0):
-    """One peer's end of a pyseq ping-pong: (send, recv, close).
+def pyseq_pingpong(role: str, out_name: str = "", in_name: str = "", timeout: float = 5.0,
+                   forward: bool = False):
+    """One peer's end of a pyseq ping-pong: (send, recv, close), plus echo() for the echoer when
+    `forward`: the zero-object echo, read_seq() then Ring.forward(), no Python object built.
 
     role "initiator" / "echoer": create ring `out_name` (this process is its only writer) and
     attach to `in_name` (created by the other peer); recv() busy-spins.
@@ -109,6 +120,17 @@ def pyseq_pingpong(role: str, out_name: str = "", in_name: str = "", timeout: fl
         ring.close()
         ring.unlink()
 
+    if forward and role == "echoer":
+        read_seq, fwd = reader.read_seq, ring.forward
+        words = reader.buffer.cast("q")  # word 4 = the first 8 payload bytes (after the 32-byte frame)
+
+        def echo() -> bool:
+            """Echo one message; True if it was STOP."""
+            read_seq(timeout)
+            fwd(reader)
+            return words[4] == -1
+
+        return publish, recv, close, echo
     return publish, recv, close
 
 
@@ -217,7 +239,16 @@ class PyseqChannel:
             pyseq_pingpong("remove", *self.names)
 
 
-CHANNELS = [QueueChannel, PipeChannel, PyRingChannel, PyseqChannel]
+class PyseqForwardChannel(PyseqChannel):
+    key, label = "pyseq-fwd", "pyseq, echo by read_seq+forward"
+
+    def open(self, role, timeout):
+        ab, ba = self.names
+        out_name, in_name = (ab, ba) if role == "initiator" else (ba, ab)
+        return pyseq_pingpong(role, out_name, in_name, timeout, forward=True)
+
+
+CHANNELS = [QueueChannel, PipeChannel, PyRingChannel, PyseqChannel, PyseqForwardChannel]
 
 
 # ============================================================================================
@@ -231,10 +262,13 @@ def initiator(channel, warmup: int, count: int, time_cap_s: float, timeout: floa
         for i in range(warmup):
             m = message(i)
             send(m)
-            if recv() != m:
-                raise BenchFailed(f"warm-up round trip {i}: reply differs from the message sent")
+            r = recv()
+            if r != m:
+                raise BenchFailed(f"warm-up round trip {i}: reply differs from the message sent "
+                                  f"({describe_difference(r, m)})")
         rtts = array.array("q", bytes(8 * count))
         clock = time.perf_counter_ns
+        preempted = harness.preemptions()
         start = clock()
         cap = start + int(time_cap_s * 1e9)
         measured = 0
@@ -245,83 +279,122 @@ def initiator(channel, warmup: int, count: int, time_cap_s: float, timeout: floa
             r = recv()
             t1 = clock()
             if r != m:
-                raise BenchFailed(f"round trip {warmup + i}: reply {r[:8].hex()}.. differs from "
-                                  f"the message sent {m[:8].hex()}..")
+                raise BenchFailed(f"round trip {warmup + i}: reply differs from the message sent "
+                                  f"({describe_difference(r, m)})")
             rtts[i] = t1 - t0
             measured = i + 1
             if t1 > cap:
                 break
         elapsed = clock() - start
+        preempted = harness.preemptions() - preempted
         send(STOP)
         if recv() != STOP:
             raise BenchFailed("the echo of the stop message differs")
         return {"rtts": rtts[:measured], "elapsed_ns": elapsed, "sent": warmup + measured,
-                "capped": measured < count}
+                "capped": measured < count, "preempted": preempted}
     finally:
         close()
 
 
 def echoer(channel, timeout: float) -> dict:
-    send, recv, close = channel.open("echoer", timeout)
+    opened = channel.open("echoer", timeout)
+    send, recv, close = opened[:3]
     try:
         echoed = 0
+        preempted = harness.preemptions()
+        if len(opened) > 3:  # the channel's own echo (pyseq's zero-object forward)
+            echo = opened[3]
+            while not echo():
+                echoed += 1
+            return {"echoed": echoed, "preempted": harness.preemptions() - preempted}
         while True:
             m = recv()
             send(m)
             if m == STOP:
-                return {"echoed": echoed}
+                return {"echoed": echoed, "preempted": harness.preemptions() - preempted}
             echoed += 1
     finally:
         close()
 
 
 def run_channel(cls, cfg, cpus) -> dict:
+    """One run of one channel: the raw round trips, checked."""
     channel = cls()
     try:
         channel.prepare()
         # A stuck peer is caught by the other's per-message timeout long before this deadline.
-        deadline = cfg.time_cap + 60
         results = harness.run_peers(
             [("initiator", cpus[0], initiator, (channel, cfg.warmup, cfg.count, cfg.time_cap, cfg.timeout)),
              ("echoer", cpus[1], echoer, (channel, cfg.timeout))],
-            deadline_s=deadline)
+            deadline_s=cfg.time_cap + 60)
     finally:
         channel.cleanup()
     a, b = results["initiator"], results["echoer"]
     if b["echoed"] != a["sent"]:
         raise BenchFailed(f"initiator sent {a['sent']} messages but the echoer echoed {b['echoed']}")
-    rtts = a["rtts"]
-    hist = harness.one_way_histogram(rtts)
-    row = {"round_trips": len(rtts), "one_way_ns": harness.summarize(hist),
-           "msgs_per_s": round(2 * len(rtts) / (a["elapsed_ns"] / 1e9))}
-    if a["capped"]:
-        row["note"] = f"stopped at the {cfg.time_cap:.0f} s time cap"
-    return row
+    return {"rtts": a["rtts"], "elapsed_ns": a["elapsed_ns"], "capped": a["capped"],
+            "preempted": a["preempted"] + b["preempted"]}
 
 
 def run_floor(floor, mode, cfg, cpus) -> dict:
     values, rtts = floor.run(mode, cfg.floor_count, cfg.floor_warmup, cpus, cfg.timeout,
                              want_samples=True)
-    hist = harness.one_way_histogram(rtts)
-    return {"round_trips": len(rtts), "one_way_ns": harness.summarize(hist),
-            "msgs_per_s": round(float(values["msgs_per_s"])),
-            "c_reported_one_way_ns": {k[len("one_way_ns_"):]: float(v) for k, v in values.items()
-                                      if k.startswith("one_way_ns_")},
-            "timer": values.get("timer")}
+    return {"rtts": rtts, "elapsed_ns": float(values["seconds"]) * 1e9, "capped": False,
+            "preempted": int(values["preempted_a"]) + int(values["preempted_b"])}
+
+
+class Row:
+    """One channel's runs, merged: one HdrHistogram, total messages over total measured time."""
+
+    def __init__(self, label):
+        self.label = label
+        self.status, self.reason = "ok", ""
+        self.hist = None
+        self.round_trips = 0
+        self.elapsed_ns = 0.0
+        self.runs = []
+
+    def add(self, run):
+        hist = harness.one_way_histogram(run["rtts"])
+        if self.hist is None:
+            self.hist = hist
+        else:
+            self.hist.add(hist)
+        n = len(run["rtts"])
+        self.round_trips += n
+        self.elapsed_ns += run["elapsed_ns"]
+        p50 = hist.get_value_at_percentile(50)
+        self.runs.append({"round_trips": n, "one_way_p50_ns": p50,
+                          "msgs_per_s": round(2 * n / (run["elapsed_ns"] / 1e9)),
+                          "preempted": run["preempted"],
+                          **({"note": "stopped at the time cap"} if run["capped"] else {})})
+        return p50
+
+    def fail(self, status, reason):
+        self.status, self.reason = status, reason
+
+    def as_dict(self):
+        if self.status != "ok":
+            return {"status": self.status, "reason": self.reason, "runs": self.runs}
+        return {"status": "ok", "round_trips": self.round_trips,
+                "one_way_ns": harness.summarize(self.hist),
+                "msgs_per_s": round(2 * self.round_trips / (self.elapsed_ns / 1e9)),
+                "runs": self.runs}
+
+    def print(self):
+        if self.status != "ok":
+            print(f"{self.label:<26} {self.status}: {self.reason}", flush=True)
+            return
+        d = self.as_dict()
+        s = d["one_way_ns"]
+        cells = [harness.fmt_ns(s[k]) for k in ("p50", "p90", "p99", "p99.9", "max")]
+        runs = " ".join(harness.fmt_ns(r["one_way_p50_ns"]).replace(" ", "") for r in self.runs)
+        preempted = sum(r["preempted"] for r in self.runs)
+        print(f"{self.label:<26} {d['round_trips']:>11,} " + " ".join(f"{c:>10}" for c in cells)
+              + f" {d['msgs_per_s']:>11,} {preempted:>7,}   {runs}", flush=True)
 
 
 # ============================================================================================
-
-
-def print_row(label, row):
-    if row.get("status") != "ok":
-        print(f"{label:<28} {row['status']}: {row['reason']}", flush=True)
-        return
-    s = row["one_way_ns"]
-    cells = [harness.fmt_ns(s[k]) for k in ("p50", "p90", "p99", "p99.9", "max")]
-    note = f"  ({row['note']})" if row.get("note") else ""
-    print(f"{label:<28} {row['round_trips']:>11,} " + " ".join(f"{c:>10}" for c in cells)
-          + f" {row['msgs_per_s']:>12,}{note}", flush=True)
 
 
 def main(argv=None) -> int:
@@ -330,68 +403,79 @@ def main(argv=None) -> int:
     p.add_argument("--json", metavar="PATH", help="write the results as JSON")
     p.add_argument("--only", metavar="KEYS",
                    help="comma-separated subset of: queue,pipe,pyring,pyseq,floor")
-    p.add_argument("--count", type=int, help="measured round trips per Python channel")
-    p.add_argument("--warmup", type=int, help="warm-up round trips (not recorded)")
+    p.add_argument("--count", type=int, help="measured round trips per channel per run")
+    p.add_argument("--warmup", type=int, help="warm-up round trips per run (not recorded)")
+    p.add_argument("--repeat", type=int, help="runs per channel, interleaved across channels")
     p.add_argument("--timeout", type=float, default=5.0,
                    help="longest wait for any one message before the run fails (s)")
     cfg = p.parse_args(argv)
-    cfg.count = cfg.count or (10_000 if cfg.quick else 200_000)
+    cfg.count = cfg.count or (10_000 if cfg.quick else 100_000)
     # Warm-up passes every ring slot at least once (4096-slot rings), so first-touch page faults
     # on the shared memory are not measured, for any of the rings.
     cfg.warmup = cfg.warmup if cfg.warmup is not None else (5_000 if cfg.quick else 10_000)
-    cfg.time_cap = 4.0 if cfg.quick else 20.0
-    cfg.floor_count = 200_000 if cfg.quick else 2_000_000
+    cfg.repeat = cfg.repeat or (2 if cfg.quick else 3)
+    cfg.time_cap = 4.0 if cfg.quick else 15.0
+    cfg.floor_count = 200_000 if cfg.quick else 1_000_000
     cfg.floor_warmup = 10_000 if cfg.quick else 100_000
     only = set(cfg.only.split(",")) if cfg.only else None
+    channels = [cls for cls in CHANNELS if not only or cls.key in only]
+    floor_modes = [("cacheline", "C floor: one cache line"), ("ring", "C floor: 2 C rings, 64B")]
+    if only and "floor" not in only:
+        floor_modes = []
 
     harness.exit_on_sigterm()
     stale = harness.sweep_stale_shm()
     if stale:
         print(f"removed {len(stale)} stale shared-memory objects left by killed runs", flush=True)
     cpus = harness.cpu_pair()
-    report = {"bench": "ping_pong_latency", "message_length": MESSAGE_LENGTH,
-              "machine": harness.machine_info(cpus),
-              "config": {"quick": cfg.quick, "count": cfg.count, "warmup": cfg.warmup,
-                         "time_cap_s": cfg.time_cap, "floor_count": cfg.floor_count,
-                         "timeout_s": cfg.timeout},
-              "results": {}}
     pinned = f"pinned to CPUs {cpus[0]} and {cpus[1]}" if cpus[0] is not None else "not pinned (1 CPU)"
-    print(f"ping-pong, {MESSAGE_LENGTH}-byte messages, one-way = round trip / 2; peers {pinned}")
-    print(f"{'channel':<28} {'round trips':>11} " + " ".join(
-        f"{h:>10}" for h in ("p50", "p90", "p99", "p99.9", "max")) + f" {'msgs/s':>12}", flush=True)
+    print(f"ping-pong, {MESSAGE_LENGTH}-byte messages, one-way = round trip / 2, peers {pinned}; "
+          f"{cfg.repeat} runs per channel, interleaved", flush=True)
 
-    failed = False
-    for cls in CHANNELS:
-        if only and cls.key not in only:
-            continue
-        try:
-            row = {"status": "ok", **run_channel(cls, cfg, cpus)}
-        except Unavailable as exc:
-            row = {"status": "skipped", "reason": str(exc)}
-        except BenchFailed as exc:
-            row = {"status": "FAILED", "reason": str(exc)}
-            failed = True
-        report["results"][cls.label] = row
-        print_row(cls.label, row)
-
-    if not only or "floor" in only:
-        floor = harness.Floor()
-        try:
-            for mode, label in (("cacheline", "C floor: one cache line"),
-                                ("ring", "C floor: 2 C rings, 64 B")):
+    rows = {cls.label: Row(cls.label) for cls in channels}
+    rows.update({label: Row(label) for _, label in floor_modes})
+    floor = harness.Floor() if floor_modes else None
+    try:
+        for rep in range(cfg.repeat):
+            jobs = [(cls.label, functools.partial(run_channel, cls, cfg, cpus)) for cls in channels]
+            jobs += [(label, functools.partial(run_floor, floor, mode, cfg, cpus))
+                     for mode, label in floor_modes]
+            for label, job in jobs:
+                row = rows[label]
+                if row.status != "ok":
+                    continue
                 try:
-                    row = {"status": "ok", **run_floor(floor, mode, cfg, cpus)}
+                    p50 = row.add(job())
+                    print(f"  run {rep + 1}/{cfg.repeat} {label:<26} p50 {harness.fmt_ns(p50)}",
+                          flush=True)
                 except Unavailable as exc:
-                    row = {"status": "skipped", "reason": str(exc)}
-                except BenchFailed as exc:
-                    row = {"status": "FAILED", "reason": str(exc)}
-                    failed = True
-                report["results"][label] = row
-                print_row(label, row)
-        finally:
+                    row.fail("skipped", str(exc))
+                    print(f"  {label}: skipped: {exc}", flush=True)
+                except Exception as exc:  # BenchFailed, or a channel that broke in the bench process
+                    reason = str(exc) if isinstance(exc, BenchFailed) else f"{type(exc).__name__}: {exc}"
+                    row.fail("FAILED", reason)
+                    print(f"  {label}: FAILED: {reason}", flush=True)
+    finally:
+        if floor is not None:
             floor.close()
 
+    print()
+    print("preempt: involuntary context switches of the two peers while measuring; more than a few\n"
+          "means other processes wanted those CPUs, and the tail numbers show that load, not the channel\n"
+          "(multiprocessing.Queue's own feeder threads count too).")
+    heads = " ".join(f"{h:>10}" for h in ("p50", "p90", "p99", "p99.9", "max"))
+    print(f"{'channel':<26} {'round trips':>11} {heads} {'msgs/s':>11} {'preempt':>7}   p50 per run")
+    for row in rows.values():
+        row.print()
+
+    failed = any(row.status == "FAILED" for row in rows.values())
     if cfg.json:
+        report = {"bench": "ping_pong_latency", "message_length": MESSAGE_LENGTH,
+                  "machine": harness.machine_info(cpus),
+                  "config": {"quick": cfg.quick, "count": cfg.count, "warmup": cfg.warmup,
+                             "repeat": cfg.repeat, "time_cap_s": cfg.time_cap,
+                             "floor_count": cfg.floor_count, "timeout_s": cfg.timeout},
+                  "results": {label: row.as_dict() for label, row in rows.items()}}
         with open(cfg.json, "w") as f:
             json.dump(report, f, indent=2)
             f.write("\n")

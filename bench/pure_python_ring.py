@@ -5,15 +5,19 @@ multiprocessing.Queue is too slow.  It is meant to be a good one, not a strawman
 fixed slots, a per-slot sequence number written after the payload (so the reader needs no
 shared head/tail pair), the writer caches the reader's position and looks at it again only
 at the wrap point, a busy-spin wait, and the fastest CPython idioms measured on this machine
-(slicing the mmap object for payload copies, an 8-byte memoryview cast for sequence words,
-a pre-compiled struct.Struct for length/type).
+(Python 3.11, per call): an 8-byte memoryview cast for sequence words (q[i]: 42 ns, against
+97 ns for struct.unpack_from and 450 ns for int.from_bytes on a memoryview slice), slicing the
+mmap object itself for payload copies (65 ns, against 120-250 ns through a memoryview), and a
+pre-compiled struct.Struct for length/type (73 ns).  publish() and read() each cost about
+0.6 us of interpreter time.
 
 File layout (/dev/shm/<name>), native byte order (little-endian on x86-64):
 
-    0                64               128                                128 + capacity * slot_size
-    +----------------+----------------+-----------------------------------+
+    0                64               128       128 + slot_size
+    +----------------+----------------+---------+---------+-----+--------------------+
     | header line    | reader line    | slot[0] | slot[1] | ... | slot[capacity - 1] |
-    +----------------+----------------+-----------------------------------+
+    +----------------+----------------+---------+---------+-----+--------------------+
+                                                     end: 128 + capacity * slot_size ^
 
     header line, written once by create(); `ready` last:
         0  magic      u64   b"PYRING01"
@@ -56,8 +60,15 @@ from __future__ import annotations
 
 import mmap
 import os
+import platform
 import struct
 import time
+import warnings
+
+if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+    warnings.warn("pure_python_ring relies on x86 store/load ordering (TSO); on "
+                  f"{platform.machine()} a reader may see a slot's sequence before its payload",
+                  RuntimeWarning, stacklevel=2)
 
 SHM_DIR = "/dev/shm"
 MAGIC = int.from_bytes(b"PYRING01", "little")
@@ -193,7 +204,7 @@ class PyWriter(PyRing):
         mm = self._mm
         mm[start:start + length] = payload  # 1. payload
         _LENGTH_TYPE.pack_into(mm, offset + SLOT_LENGTH_OFFSET, length, msg_type)  # 2.
-        self._q[offset >> 3] = sequence  # 3. sequence, last: publishes the slot (x86 TSO)
+        self._q[offset >> 3] = sequence  # 3. sequence (slot offset 0), last: publishes the slot
         self._sequence = sequence + 1
         return sequence
 

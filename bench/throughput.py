@@ -11,6 +11,8 @@
     +----------------------------+                         +-----------------------------+
         msgs/s = N / (t1 - t0)   (perf_counter_ns is CLOCK_MONOTONIC: one clock for both)
         MB/s   = msgs/s * 64 bytes of payload / 1e6
+        each channel runs --repeat times, interleaved with the others; the table shows the
+        median run and the range (on a 2-vCPU VM the spread is wide: see the note below)
 
 Channels: the pure-Python shared-memory ring (bench/pure_python_ring.py, one message per call),
 pyseq one message per call (publish / read), pyseq in batches (publish_batch / read_batch,
@@ -19,6 +21,12 @@ floor (bench/floor/cacheline_pingpong.c, mode throughput: the same ring protocol
 reader checks every message: its index (so count and order) and every payload byte.  The
 writer is held back by the reader on every channel (ring back-pressure, a full pipe), so
 nothing is dropped and nothing is measured twice.
+
+A busy-spinning reader that keeps up with the writer polls the very slot the writer is filling,
+so that cache line moves between the cores for every message; a reader that falls behind reads
+slots written long ago and the writer, at the wrap point, is the one that waits.  Which of the
+two regimes a run settles in depends on small speed differences between the peers (and, on a VM,
+on where the host puts the two vCPUs), so rates of a single ring can differ by 2-3x between runs.
 
     python bench/throughput.py --quick          # < 60 s
     python bench/throughput.py                  # < 3 min
@@ -45,7 +53,7 @@ from pure_python_ring import PyRing  # noqa: E402
 
 MESSAGE_LENGTH = 64
 MSG_TYPE = 1
-BATCH = 256
+BATCH = 1024
 PATTERN = bytes(range(0x40, 0x40 + MESSAGE_LENGTH - 8))
 PATTERN_U8 = np.frombuffer(PATTERN, dtype=np.uint8)
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -118,17 +126,25 @@ def pyseq_throughput(role: str, name: str = "", timeout: float = 5.0):
         att.close()
         raise
     read, read_batch = reader.read, reader.read_batch
+    received = {"all": None, "got": 0}
 
     def read_one() -> bytes:
         return read(timeout=timeout).payload
 
-    def read_many(n):
-        arr = read_batch(n, timeout=timeout)
-        k = len(arr)
-        payload = arr["payload"]
-        if not (payload.dtype == np.uint8 and payload.ndim == 2):
-            payload = np.ascontiguousarray(payload).view(np.uint8).reshape(k, -1)
-        return (arr["seq"], arr["length"], arr["msg_type"], payload)
+    def read_many(n, total):
+        """Copy up to n messages straight into one preallocated array of `total` slots; return k."""
+        if received["all"] is None:
+            received["all"] = np.empty(total, dtype=att.dtype)
+        got = received["got"]
+        k = len(read_batch(n, timeout=timeout, out=received["all"][got:got + n]))
+        received["got"] = got + k
+        return k
+
+    def collected():
+        arr = received["all"][:received["got"]]
+        return (arr["seq"], arr["length"], arr["msg_type"], arr["payload"])
+
+    read_many.collected = collected
 
     def close():
         closer = getattr(reader, "close", None)
@@ -163,14 +179,9 @@ class PyRingChannel:
     def open_reader(self, timeout):
         reader = PyRing.attach(self.name, timeout=timeout)
         read = reader.read
-        expected = [1]
 
-        def recv():
-            seq, msg_type, payload = read(timeout)
-            if seq != expected[0] or msg_type != MSG_TYPE:
-                raise BenchFailed(f"sequence {seq} type {msg_type}, expected {expected[0]}")
-            expected[0] = seq + 1
-            return payload
+        def recv():  # the ring itself only returns the next sequence; the index checks order
+            return read(timeout)[2]
 
         return recv, reader.close
 
@@ -269,21 +280,24 @@ CHANNELS = [PyRingChannel, PyseqChannel, PyseqBatchChannel, PipeChannel, QueueCh
 
 def writer_peer(channel, count, timeout, ready, done, done_timeout):
     send, close = channel.open_writer(timeout)
+    records = batch_records(0, count) if channel.batched else None  # built before the clock starts
     try:
         if not ready.wait(timeout):
             raise TimeoutError(f"the reader did not attach within {timeout} s")
+        preempted = harness.preemptions()
         start = time.perf_counter_ns()
         if channel.batched:
             for i in range(0, count, BATCH):
-                send(batch_records(i, min(BATCH, count - i)))
+                send(records[i:i + BATCH])
         else:
             for i in range(count):
                 send(message(i))
         publish_ns = time.perf_counter_ns() - start
+        preempted = harness.preemptions() - preempted
         # keep the channel open until the reader has everything
         if not done.wait(done_timeout):
             raise TimeoutError(f"the reader did not finish within {done_timeout:.0f} s")
-        return {"sent": count, "start_ns": start, "publish_ns": publish_ns}
+        return {"sent": count, "start_ns": start, "publish_ns": publish_ns, "preempted": preempted}
     finally:
         close()
 
@@ -291,47 +305,54 @@ def writer_peer(channel, count, timeout, ready, done, done_timeout):
 def reader_peer(channel, count, timeout, ready, done):
     recv, close = channel.open_reader(timeout)
     try:
+        preempted = harness.preemptions()
         ready.set()
         if channel.batched:
+            # the timed loop only moves messages (into one preallocated array); every one of them
+            # is checked below, after the clock stops
             got = 0
-            next_seq = None
             stalled_since = None
             while got < count:
-                seqs, lengths, msg_types, payload = recv(min(BATCH, count - got))
-                k = len(seqs)
-                if k == 0:  # read_batch may return empty on timeout instead of raising
+                k = recv(min(BATCH, count - got), count)
+                if k == 0:  # read_batch returns empty on timeout instead of raising
                     stalled_since = stalled_since or time.monotonic()
                     if time.monotonic() - stalled_since > timeout:
                         raise TimeoutError(f"no message {got} within {timeout} s")
                     continue
                 stalled_since = None
-                if next_seq is None:
-                    next_seq = int(seqs[0])
-                want = batch_records(got, k)
-                if (not np.array_equal(seqs, np.arange(next_seq, next_seq + k))
-                        or not np.all(lengths == MESSAGE_LENGTH) or not np.all(msg_types == MSG_TYPE)
-                        or not np.array_equal(payload[:, :MESSAGE_LENGTH], want)):
-                    raise BenchFailed(f"batch at message {got} ({k} messages): wrong sequence, "
-                                      "length, type or payload")
-                next_seq += k
                 got += k
+            end = time.perf_counter_ns()
+            seqs, lengths, msg_types, payload = recv.collected()
+            want = batch_records(0, count)
+            first = int(seqs[0])
+            if (len(seqs) != count or not np.array_equal(seqs, np.arange(first, first + count))
+                    or not np.all(lengths == MESSAGE_LENGTH) or not np.all(msg_types == MSG_TYPE)
+                    or not np.array_equal(payload[:, :MESSAGE_LENGTH], want)):
+                bad = np.flatnonzero(np.any(payload[:, :MESSAGE_LENGTH] != want, axis=1))
+                raise BenchFailed(f"batch check failed: {len(seqs)} messages, first bad at "
+                                  f"{int(bad[0]) if len(bad) else '?'}: wrong sequence, length, type or payload")
+            return {"received": count, "end_ns": end, "preempted": harness.preemptions() - preempted}
         else:
             for i in range(count):
                 m = recv()
                 if m != message(i):
-                    raise BenchFailed(f"message {i}: got {m[:8].hex()}.., expected "
-                                      f"{message(i)[:8].hex()}..")
+                    want = message(i)
+                    got_index = int.from_bytes(m[:8], "little") if len(m) >= 8 else None
+                    raise BenchFailed(f"message {i}: got {len(m)} bytes with index {got_index}"
+                                      f"{'' if m[8:] == want[8:] else ' and a corrupt pattern'}, "
+                                      f"expected index {i}")
         end = time.perf_counter_ns()
-        return {"received": count, "end_ns": end}
+        return {"received": count, "end_ns": end, "preempted": harness.preemptions() - preempted}
     finally:
         done.set()
         close()
 
 
 def run_channel(cls, count, cfg, cpus) -> dict:
+    """One run of one channel, checked: messages, seconds, msgs/s."""
     channel = cls()
     ready, done = harness.CTX.Event(), harness.CTX.Event()
-    deadline = cfg.time_limit + 30
+    deadline = 90.0  # a stuck peer is caught by the other's per-message timeout long before
     try:
         channel.prepare()
         results = harness.run_peers(
@@ -344,17 +365,49 @@ def run_channel(cls, count, cfg, cpus) -> dict:
     if w["sent"] != count or r["received"] != count:
         raise BenchFailed(f"sent {w['sent']}, received {r['received']}, expected {count}")
     seconds = (r["end_ns"] - w["start_ns"]) / 1e9
-    rate = count / seconds
-    return {"messages": count, "seconds": round(seconds, 4), "msgs_per_s": round(rate),
-            "mb_per_s": round(rate * MESSAGE_LENGTH / 1e6, 1)}
+    return {"messages": count, "seconds": round(seconds, 4), "msgs_per_s": round(count / seconds),
+            "preempted": w["preempted"] + r["preempted"]}
 
 
-def print_row(label, row):
-    if row.get("status") != "ok":
-        print(f"{label:<30} {row['status']}: {row['reason']}", flush=True)
-        return
-    print(f"{label:<30} {row['messages']:>12,} {row['msgs_per_s']:>14,} {row['mb_per_s']:>10,.1f}"
-          f" {row['seconds']:>9.2f}", flush=True)
+def run_floor(floor, count, cfg, cpus) -> dict:
+    values, _ = floor.run("throughput", count, 0, cpus, cfg.timeout)
+    if int(values["messages"]) != count:
+        raise BenchFailed(f"C floor moved {values['messages']} messages, expected {count}")
+    return {"messages": count, "seconds": round(float(values["seconds"]), 4),
+            "msgs_per_s": round(float(values["msgs_per_s"])),
+            "preempted": int(values["preempted_a"]) + int(values["preempted_b"])}
+
+
+class Row:
+    """One channel's runs: the median run's rate, and the range."""
+
+    def __init__(self, label):
+        self.label = label
+        self.status, self.reason = "ok", ""
+        self.runs = []
+
+    def as_dict(self):
+        d = {"status": self.status, "runs": self.runs}
+        if self.status != "ok":
+            d["reason"] = self.reason
+        elif self.runs:
+            rates = sorted(r["msgs_per_s"] for r in self.runs)
+            median = rates[len(rates) // 2] if len(rates) % 2 else round(
+                (rates[len(rates) // 2 - 1] + rates[len(rates) // 2]) / 2)
+            d.update({"messages_per_run": self.runs[0]["messages"], "msgs_per_s": median,
+                      "mb_per_s": round(median * MESSAGE_LENGTH / 1e6, 1),
+                      "msgs_per_s_min": rates[0], "msgs_per_s_max": rates[-1]})
+        return d
+
+    def print(self):
+        if self.status != "ok":
+            print(f"{self.label:<26} {self.status}: {self.reason}", flush=True)
+            return
+        d = self.as_dict()
+        spread = f"{d['msgs_per_s_min']:,} .. {d['msgs_per_s_max']:,}"
+        preempted = sum(r["preempted"] for r in self.runs)
+        print(f"{self.label:<26} {d['messages_per_run']:>11,} {d['msgs_per_s']:>13,} "
+              f"{d['mb_per_s']:>9,.1f} {preempted:>7,}   {spread}", flush=True)
 
 
 def main(argv=None) -> int:
@@ -363,63 +416,73 @@ def main(argv=None) -> int:
     p.add_argument("--json", metavar="PATH", help="write the results as JSON")
     p.add_argument("--only", metavar="KEYS",
                    help="comma-separated subset of: pyring,pyseq,pyseq-batch,pipe,queue,floor")
+    p.add_argument("--repeat", type=int, help="runs per channel, interleaved across channels")
     p.add_argument("--timeout", type=float, default=5.0,
                    help="longest wait for any one message before the run fails (s)")
     cfg = p.parse_args(argv)
-    cfg.time_limit = 60.0
-    scale = 1 if cfg.quick else 5
-    counts = {"pyring": 300_000 * scale, "pyseq": 300_000 * scale, "pyseq-batch": 2_000_000 * scale,
-              "pipe": 100_000 * scale, "queue": 100_000 * scale, "floor": 10_000_000 * scale}
+    cfg.repeat = cfg.repeat or (3 if cfg.quick else 5)
+    scale = 1 if cfg.quick else 4
+    counts = {"pyring": 200_000 * scale, "pyseq": 200_000 * scale, "pyseq-batch": 1_000_000 * scale,
+              "pipe": 50_000 * scale, "queue": 50_000 * scale, "floor": 5_000_000 * scale}
     only = set(cfg.only.split(",")) if cfg.only else None
+    channels = [cls for cls in CHANNELS if not only or cls.key in only]
+    floor_label = "C floor: C ring" if not only or "floor" in only else None
 
     harness.exit_on_sigterm()
     stale = harness.sweep_stale_shm()
     if stale:
         print(f"removed {len(stale)} stale shared-memory objects left by killed runs", flush=True)
     cpus = harness.cpu_pair()
-    report = {"bench": "throughput", "message_length": MESSAGE_LENGTH, "batch": BATCH,
-              "machine": harness.machine_info(cpus),
-              "config": {"quick": cfg.quick, "counts": counts, "timeout_s": cfg.timeout},
-              "results": {}}
     pinned = f"writer on CPU {cpus[0]}, reader on CPU {cpus[1]}" if cpus[0] is not None else "not pinned"
     print(f"throughput, one writer -> one reader, {MESSAGE_LENGTH}-byte messages, every message "
-          f"checked; {pinned}")
-    print(f"{'channel':<30} {'messages':>12} {'msgs/s':>14} {'MB/s':>10} {'seconds':>9}", flush=True)
+          f"checked; {pinned}; {cfg.repeat} runs per channel, interleaved", flush=True)
 
-    failed = False
-    for cls in CHANNELS:
-        if only and cls.key not in only:
-            continue
-        try:
-            row = {"status": "ok", **run_channel(cls, counts[cls.key], cfg, cpus)}
-        except Unavailable as exc:
-            row = {"status": "skipped", "reason": str(exc)}
-        except BenchFailed as exc:
-            row = {"status": "FAILED", "reason": str(exc)}
-            failed = True
-        report["results"][cls.label] = row
-        print_row(cls.label, row)
-
-    if not only or "floor" in only:
-        label = "C floor: C ring"
-        floor = harness.Floor()
-        try:
-            values, _ = floor.run("throughput", counts["floor"], 0, cpus, cfg.timeout)
-            row = {"status": "ok", "messages": int(values["messages"]),
-                   "seconds": round(float(values["seconds"]), 4),
-                   "msgs_per_s": round(float(values["msgs_per_s"])),
-                   "mb_per_s": float(values["mb_per_s"])}
-        except Unavailable as exc:
-            row = {"status": "skipped", "reason": str(exc)}
-        except BenchFailed as exc:
-            row = {"status": "FAILED", "reason": str(exc)}
-            failed = True
-        finally:
+    rows = {cls.label: Row(cls.label) for cls in channels}
+    if floor_label:
+        rows[floor_label] = Row(floor_label)
+    floor = harness.Floor() if floor_label else None
+    try:
+        for rep in range(cfg.repeat):
+            jobs = [(cls.label, functools.partial(run_channel, cls, counts[cls.key], cfg, cpus))
+                    for cls in channels]
+            if floor_label:
+                jobs.append((floor_label, functools.partial(run_floor, floor, counts["floor"], cfg, cpus)))
+            for label, job in jobs:
+                row = rows[label]
+                if row.status != "ok":
+                    continue
+                try:
+                    run = job()
+                    row.runs.append(run)
+                    print(f"  run {rep + 1}/{cfg.repeat} {label:<26} {run['msgs_per_s']:>13,} msgs/s",
+                          flush=True)
+                except Unavailable as exc:
+                    row.status, row.reason = "skipped", str(exc)
+                    print(f"  {label}: skipped: {exc}", flush=True)
+                except Exception as exc:  # BenchFailed, or a channel that broke in the bench process
+                    reason = str(exc) if isinstance(exc, BenchFailed) else f"{type(exc).__name__}: {exc}"
+                    row.status, row.reason = "FAILED", reason
+                    print(f"  {label}: FAILED: {reason}", flush=True)
+    finally:
+        if floor is not None:
             floor.close()
-        report["results"][label] = row
-        print_row(label, row)
 
+    print()
+    print("msgs/s: the median run.  preempt: involuntary context switches of the two peers while\n"
+          "measuring; more than a few means other processes wanted those CPUs (multiprocessing.Queue's\n"
+          "own feeder thread counts too).")
+    print(f"{'channel':<26} {'msgs/run':>11} {'msgs/s':>13} {'MB/s':>9} {'preempt':>7}   "
+          "msgs/s range over runs")
+    for row in rows.values():
+        row.print()
+
+    failed = any(row.status == "FAILED" for row in rows.values())
     if cfg.json:
+        report = {"bench": "throughput", "message_length": MESSAGE_LENGTH, "batch": BATCH,
+                  "machine": harness.machine_info(cpus),
+                  "config": {"quick": cfg.quick, "counts": counts, "repeat": cfg.repeat,
+                             "timeout_s": cfg.timeout},
+                  "results": {label: row.as_dict() for label, row in rows.items()}}
         with open(cfg.json, "w") as f:
             json.dump(report, f, indent=2)
             f.write("\n")

@@ -25,8 +25,9 @@
  *   CPU_A/CPU_B  CPUs to pin the two processes to; -1 leaves a process unpinned
  *   TIMEOUT_S    longest any wait may spin before the run fails (a stuck or dead peer)
  *   SAMPLES_PATH optional: raw round-trip times written as native int64 nanoseconds
- * Output: key=value lines on stdout (one-way = rtt / 2).  Exit status 0 ok, 1 a check failed,
- * 2 a wait timed out or the peer died, 64 bad usage.
+ * Output: key=value lines on stdout (one-way = rtt / 2; preempted_a/_b: involuntary context
+ * switches of each process, i.e. other load wanted its CPU; check=ok last, only if every check
+ * passed).  Exit status 0 ok, 1 a check failed, 2 a wait timed out or the peer died, 64 bad usage.
  *
  * Memory ordering: the store-release of the counter (or of a slot's sequence) pairs with the
  * peer's load-acquire of it; the reader's store-release of reader_position pairs with the
@@ -49,6 +50,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -129,7 +131,8 @@ typedef struct {
     uint8_t pad0[CACHE_LINE - sizeof(uint64_t)];
     alignas(CACHE_LINE) _Atomic int32_t child_ready; /* child; store-release once pinned */
     _Atomic uint64_t writer_start_ns;                /* throughput: writer, before message 1 */
-    uint8_t pad1[CACHE_LINE - 16];
+    _Atomic int64_t child_preempted;                 /* child; before it exits */
+    uint8_t pad1[CACHE_LINE - 24];
     ring_t ab; /* A -> B */
     ring_t ba; /* B -> A */
 } shared_t;
@@ -154,7 +157,10 @@ typedef struct {
     int64_t sequence; /* next to read */
 } reader_t;
 
-static void ring_init(ring_t *ring) { atomic_store_explicit(&ring->reader_position, 1, memory_order_release); }
+static void ring_init(ring_t *ring)
+{
+    atomic_store_explicit(&ring->reader_position, 1, memory_order_release);
+}
 
 static int ring_publish(writer_t *w, int32_t msg_type, const uint8_t *payload, int32_t length,
                         uint64_t timeout_ns)
@@ -224,6 +230,15 @@ static void make_message(uint8_t *m, uint64_t index)
         m[k] = (uint8_t)(index * 31u + (uint64_t)k);
 }
 
+/* involuntary context switches so far: a pinned spinning process is switched out only when
+ * another task wants its CPU (other load on the machine) */
+static int64_t preemptions(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_nivcsw;
+}
+
 /* ---- roles ---------------------------------------------------------------------------------- */
 
 typedef struct {
@@ -245,7 +260,17 @@ static void pin(int cpu)
         fprintf(stderr, "warning: cannot pin to CPU %d: %s\n", cpu, strerror(errno));
 }
 
+static int echoer_run(const config_t *c, shared_t *sh);
+
 static int echoer(const config_t *c, shared_t *sh)
+{
+    int64_t before = preemptions();
+    int rc = echoer_run(c, sh);
+    atomic_store_explicit(&sh->child_preempted, preemptions() - before, memory_order_release);
+    return rc;
+}
+
+static int echoer_run(const config_t *c, shared_t *sh)
 {
     long total = c->iters + c->warmup;
     if (strcmp(c->mode, "cacheline") == 0) {
@@ -290,7 +315,7 @@ static int echoer(const config_t *c, shared_t *sh)
     }
     uint64_t end = now_ns();
     double seconds = (double)(end - atomic_load(&sh->writer_start_ns)) / 1e9;
-    printf("messages=%ld\nseconds=%.6f\nmsgs_per_s=%.0f\nmb_per_s=%.1f\ncheck=ok\n", c->iters, seconds,
+    printf("messages=%ld\nseconds=%.6f\nmsgs_per_s=%.0f\nmb_per_s=%.1f\n", c->iters, seconds,
            (double)c->iters / seconds, (double)c->iters * MESSAGE_LENGTH / seconds / 1e6);
     fflush(stdout);
     return OK;
@@ -318,6 +343,7 @@ static int initiator(const config_t *c, shared_t *sh)
     if (strcmp(c->mode, "throughput") == 0) {
         writer_t out = {&sh->ab, 1, 1};
         uint8_t m[MESSAGE_LENGTH];
+        int64_t before = preemptions();
         atomic_store(&sh->writer_start_ns, now_ns());
         for (long i = 0; i < c->iters; i++) {
             make_message(m, (uint64_t)i);
@@ -326,6 +352,8 @@ static int initiator(const config_t *c, shared_t *sh)
                 return TIMEOUT;
             }
         }
+        printf("preempted_a=%lld\n", (long long)(preemptions() - before));
+        fflush(stdout);
         return OK;
     }
 
@@ -340,9 +368,12 @@ static int initiator(const config_t *c, shared_t *sh)
     uint8_t m[MESSAGE_LENGTH], reply[SLOT_SIZE];
     int32_t length;
     uint64_t start = 0;
+    int64_t preempted = 0;
     for (long i = 0; i < total; i++) {
-        if (i == c->warmup)
+        if (i == c->warmup) {
             start = now_ns();
+            preempted = preemptions();
+        }
         if (ring)
             make_message(m, (uint64_t)i);
         uint64_t t0 = ticks();
@@ -368,6 +399,7 @@ static int initiator(const config_t *c, shared_t *sh)
             rtt[i - c->warmup] = t1 - t0;
     }
     double seconds = (double)(now_ns() - start) / 1e9;
+    preempted = preemptions() - preempted;
     if (!ring && atomic_load(&sh->counter) != 2 * (uint64_t)total) {
         fprintf(stderr, "initiator: counter ended at %llu, expected %llu\n",
                 (unsigned long long)atomic_load(&sh->counter), 2 * (unsigned long long)total);
@@ -390,12 +422,14 @@ static int initiator(const config_t *c, shared_t *sh)
 #else
     const char *timer = "clock_gettime";
 #endif
-    printf("round_trips=%ld\nwarmup=%ld\ntimer=%s\nticks_per_ns=%.4f\n", c->iters, c->warmup, timer, ticks_per_ns);
+    printf("round_trips=%ld\nwarmup=%ld\ntimer=%s\nticks_per_ns=%.4f\n", c->iters, c->warmup, timer,
+           ticks_per_ns);
     static const struct { const char *name; double p; } ps[] = {
         {"p50", 50.0}, {"p90", 90.0}, {"p99", 99.0}, {"p99_9", 99.9}, {"max", 100.0}};
     for (size_t k = 0; k < sizeof ps / sizeof ps[0]; k++)
         printf("one_way_ns_%s=%.1f\n", ps[k].name, (double)percentile(rtt, c->iters, ps[k].p) / 2.0);
-    printf("seconds=%.6f\nmsgs_per_s=%.0f\ncheck=ok\n", seconds, 2.0 * (double)c->iters / seconds);
+    printf("seconds=%.6f\nmsgs_per_s=%.0f\npreempted_a=%lld\n", seconds, 2.0 * (double)c->iters / seconds,
+           (long long)preempted);
     fflush(stdout);
     free(rtt);
     return OK;
@@ -480,6 +514,8 @@ int main(int argc, char **argv)
         else
             rc = WEXITSTATUS(status);
     }
+    if (rc == OK) /* printed last, after both sides have printed everything */
+        printf("preempted_b=%lld\ncheck=ok\n", (long long)atomic_load(&sh->child_preempted));
     munmap(sh, sizeof *sh);
     return rc;
 }
