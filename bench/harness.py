@@ -228,7 +228,10 @@ class Floor:
             self.error = "no C compiler (gcc) on PATH"
             return
         binary = os.path.join(self.tmp.name, "cacheline_pingpong")
-        cmd = [cc, "-O2", "-std=gnu11", "-Wall", "-Wextra", "-o", binary, FLOOR_SOURCE]
+        csrc = os.path.join(os.path.dirname(HERE), "csrc")
+        # with pyseq's ring.c compiled in, mode "pyseq" runs pyseq's C path beside the floor
+        cmd = [cc, "-O2", "-std=gnu11", "-Wall", "-Wextra", "-DPYSEQ_RING", "-I", csrc, "-o", binary,
+               FLOOR_SOURCE, os.path.join(csrc, "ring.c")]
         try:
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
         except subprocess.TimeoutExpired:

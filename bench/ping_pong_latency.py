@@ -419,7 +419,8 @@ def main(argv=None) -> int:
     cfg.floor_warmup = 10_000 if cfg.quick else 100_000
     only = set(cfg.only.split(",")) if cfg.only else None
     channels = [cls for cls in CHANNELS if not only or cls.key in only]
-    floor_modes = [("cacheline", "C floor: one cache line"), ("ring", "C floor: 2 C rings, 64B")]
+    floor_modes = [("cacheline", "C floor: one cache line"), ("ring", "C floor: 2 C rings, 64B"),
+                   ("pyseq", "pyseq C path (no Python)")]
     if only and "floor" not in only:
         floor_modes = []
 

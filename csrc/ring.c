@@ -127,6 +127,7 @@ int64_t pyseq_writer_gating_scan(pyseq_writer_t *writer)
 {
     const pyseq_ring_t *r = &writer->ring;
     int64_t lowest = writer->next_sequence - 1;
+    pyseq_fence_seq_cst(); /* pairs with the fence in pyseq_cursor_activate (see ring_layout.h) */
     for (uint32_t i = 0; i < r->max_readers; i++) {
         pyseq_cursor_t *c = &r->cursors[i];
         if (pyseq_load_acquire_u32(&c->state) != PYSEQ_CURSOR_ACTIVE || !c->gating)
@@ -270,6 +271,14 @@ void pyseq_reader_heartbeat(pyseq_reader_t *reader)
         pyseq_store_relaxed(&reader->cursor->heartbeat_ns, pyseq_clock_realtime_ns());
 }
 
+void pyseq_reader_skip_to(pyseq_reader_t *reader, int64_t sequence)
+{
+    reader->next_sequence = sequence;
+    reader->lapped_by = 0;
+    if (reader->cursor)
+        pyseq_store_release(&reader->cursor->sequence, sequence - 1);
+}
+
 /* Read step 1 for sequence s: 1 published, 0 not yet, PYSEQ_ELAPPED overwritten. */
 static inline int slot_state(pyseq_reader_t *reader, const pyseq_frame_t *f, int64_t s)
 {
@@ -402,9 +411,14 @@ int64_t pyseq_reader_read_batch(pyseq_reader_t *reader, void *out, int64_t limit
 
 /* ---- cursors ---------------------------------------------------------------------------------- */
 
-int pyseq_cursor_claim(pyseq_cursor_t *cursor, uint32_t expected_state)
+int pyseq_cursor_claim(pyseq_cursor_t *cursor, uint32_t expected_state, int64_t pid)
 {
-    return pyseq_cas_u32(&cursor->state, expected_state, PYSEQ_CURSOR_CLAIMED);
+    if (pid <= 0 || pid > (int64_t)(UINT32_MAX >> 2))
+        return 0;
+    if (!pyseq_cas_u32(&cursor->state, expected_state, PYSEQ_CURSOR_CLAIMED_BY(pid)))
+        return 0;
+    pyseq_store_relaxed(&cursor->pid, pid);
+    return 1;
 }
 
 void pyseq_cursor_activate(pyseq_cursor_t *cursor, int64_t sequence, uint32_t gating, int64_t pid, const char *name)
@@ -430,6 +444,7 @@ int pyseq_cursor_evict(pyseq_cursor_t *cursor, pyseq_ring_header_t *header)
 void pyseq_cursor_release(pyseq_cursor_t *cursor)
 {
     cursor->gating = 0;
+    pyseq_store_relaxed(&cursor->pid, 0);
     pyseq_store_release_u32(&cursor->state, PYSEQ_CURSOR_FREE);
 }
 

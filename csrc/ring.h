@@ -86,8 +86,9 @@ int64_t pyseq_reader_read_batch(pyseq_reader_t *reader, void *out, int64_t limit
                                 const pyseq_idle_t *idle);
 int64_t pyseq_reader_wait(pyseq_reader_t *reader, int64_t timeout_ns, const pyseq_idle_t *idle);
 void pyseq_reader_heartbeat(pyseq_reader_t *reader);
+void pyseq_reader_skip_to(pyseq_reader_t *reader, int64_t sequence);
 
-int pyseq_cursor_claim(pyseq_cursor_t *cursor, uint32_t expected_state);
+int pyseq_cursor_claim(pyseq_cursor_t *cursor, uint32_t expected_state, int64_t pid);
 void pyseq_cursor_activate(pyseq_cursor_t *cursor, int64_t sequence, uint32_t gating, int64_t pid, const char *name);
 int pyseq_cursor_evict(pyseq_cursor_t *cursor, pyseq_ring_header_t *header);
 void pyseq_header_set_writer(pyseq_ring_header_t *header, int64_t pid, uint32_t state);

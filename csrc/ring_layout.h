@@ -17,6 +17,7 @@
  *   | writer: RW         | each reader: RW (its own entry)    | writer: RW              |
  *   | readers: read-only |                                    | readers: read-only      |
  *   +--------------------+------------------------------------+-------------------------+
+ *   file_length = slots_offset + capacity * slot_size, rounded up to the page size.
  *
  * Readers map the three parts separately, so only the cursor table is writable to them: a buggy
  * reader cannot corrupt the header or the stream.  slots_offset is a multiple of the page size.
@@ -90,7 +91,7 @@
  *   |                          sequence                             |   0  last sequence consumed;
  *   |                                                               |      owner: store-release
  *   +---------------------------------------------------------------+
- *   |                           state                               |   8  FREE/CLAIMED/ACTIVE/EVICTED
+ *   |                           state                               |   8  FREE/CLAIMED(pid)/ACTIVE/EVICTED
  *   +---------------------------------------------------------------+
  *   |                           gating                              |  12  1: holds the writer back
  *   +---------------------------------------------------------------+
@@ -154,8 +155,15 @@
  * and rescans the cursor table (load-acquire of each cursor.sequence) only when s - capacity passes
  * the cache (the wrap point), like the Disruptor's SingleProducerSequencer.
  *
- * Cursor registration: CAS state FREE -> CLAIMED, fill pid/name/gating/sequence, store state ACTIVE
- * with release.  A cursor whose pid is gone may be reclaimed the same way (CAS from its old state).
+ * Cursor registration: CAS state FREE -> CLAIMED(pid) = (pid << 2) | 1, so a claim names its claimant
+ * in the one word the CAS writes; fill pid/name/gating/sequence, store state ACTIVE with release.
+ * An entry whose owner is gone (the pid in CLAIMED(pid), or cursor.pid when ACTIVE or EVICTED) may
+ * be reclaimed the same way, by a CAS from the exact state word seen.  Release: pid = 0, gating = 0,
+ * state FREE with release.
+ * A reader that joins at "latest" stores its cursor, issues a seq_cst fence, then reads
+ * published_sequence and starts after it; the writer's gating scan opens with a seq_cst fence
+ * too, so either the scan sees the new cursor or the reader sees every sequence the writer may
+ * publish without scanning again: a "latest" joiner is never lapped by a scan that missed it.
  * Eviction: the writer (or any process that finds the owner dead) CASes ACTIVE -> EVICTED and
  * increments header.eviction_count; the writer ignores cursors that are not ACTIVE.
  *
@@ -193,9 +201,11 @@
 #define PYSEQ_WRITER_CLOSED 2u
 
 #define PYSEQ_CURSOR_FREE 0u
-#define PYSEQ_CURSOR_CLAIMED 1u
+#define PYSEQ_CURSOR_CLAIMED 1u /* the low two bits of CLAIMED(pid) */
 #define PYSEQ_CURSOR_ACTIVE 2u
 #define PYSEQ_CURSOR_EVICTED 3u
+#define PYSEQ_CURSOR_STATE_MASK 3u
+#define PYSEQ_CURSOR_CLAIMED_BY(pid) ((((uint32_t)(pid)) << 2) | PYSEQ_CURSOR_CLAIMED)
 
 typedef struct pyseq_ring_header_s {
     /* descriptor: written once by the creator; layout_version last, with release */

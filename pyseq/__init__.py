@@ -7,8 +7,7 @@ from __future__ import annotations
 from .errors import (BackPressureError, LappedError, MessageTooLargeError, NotWriterError, PyseqError,
                      ReaderEvictedError, ReaderTableFullError, RingClosedError, RingConfigError,
                      RingExistsError, RingFormatError, RingNameError, RingNotFoundError, RingNotReadyError,
-                     RingPermissionError, SchemaCompatibilityError, SchemaError, TimeoutError,
-                     WriterExistsError)
+                     RingPermissionError, SchemaCompatibilityError, SchemaError, TimeoutError)
 from .idle import BackoffIdle, BusySpin, IdleStrategy, SpinYield, default_idle
 from .message import FRAME_LENGTH, Message, batch_dtype, batch_payloads
 from .ring import Reader, Ring
@@ -20,7 +19,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Ring", "Reader", "Message", "Record", "schema", "check_compatible", "FRAME_LENGTH", "batch_dtype", "batch_payloads",
     "IdleStrategy", "BusySpin", "SpinYield", "BackoffIdle", "default_idle",
-    "PyseqError", "RingNameError", "RingNotFoundError", "RingExistsError", "WriterExistsError",
+    "PyseqError", "RingNameError", "RingNotFoundError", "RingExistsError",
     "RingFormatError", "RingNotReadyError", "RingClosedError", "RingConfigError", "RingPermissionError",
     "NotWriterError", "ReaderTableFullError", "ReaderEvictedError", "LappedError", "BackPressureError",
     "MessageTooLargeError", "TimeoutError", "SchemaError", "SchemaCompatibilityError",

@@ -23,10 +23,6 @@ class RingExistsError(PyseqError, FileExistsError):
     """``create`` found a ring of that name whose writer is still alive."""
 
 
-class WriterExistsError(PyseqError):
-    """A second writer tried to claim a ring that already has a live writer."""
-
-
 class RingFormatError(PyseqError):
     """The shared-memory object is not a pyseq ring this version can read: wrong magic, wrong layout
     version, inconsistent sizes, or a truncated file."""

@@ -503,8 +503,10 @@ class Ring(HotWriter):
                 if last_seq != seq:
                     since = now
                 self._gating_seen[i] = (seq, since)
-                if now - since >= self.reader_timeout:
-                    reason = f"it has not moved from sequence {seq} for {now - since:.1f} s"
+                beat_age = (int(lib.pyseq_clock_realtime_ns()) - int(c.heartbeat_ns)) / 1e9
+                if now - since >= self.reader_timeout and beat_age >= self.reader_timeout:
+                    reason = (f"it has not moved from sequence {seq} for {now - since:.1f} s "
+                              f"and its heartbeat is {beat_age:.1f} s old")
             if reason and lib.pyseq_cursor_evict(c, m.header):
                 name = ffi.string(c.name).decode(errors="replace")
                 log.warning("ring %r: evicted gating reader %r (cursor %d): %s", self.name, name, i, reason)
@@ -549,19 +551,27 @@ class Ring(HotWriter):
         label = (name or f"pid{os.getpid()}")[: lib.PYSEQ_CURSOR_NAME_LENGTH - 1]
         lib.pyseq_cursor_activate(c, next_seq - 1, 1 if gating else 0, os.getpid(), label.encode())
         r = Reader(self, index, label, gating, next_seq, idle or self.idle)
+        if start == "latest":
+            # the cursor is visible now (activate ends with a seq_cst fence): start after what the
+            # writer published meanwhile, which it may overwrite without seeing this cursor
+            r.skip_to(int(lib.pyseq_header_published(m.header)) + 1)
         self._readers.append(r)
         return r
 
     def _claim_cursor(self) -> int:
         m = self._mapping()
+        pid = os.getpid()
         for i in range(self.max_readers):
             if lib.pyseq_cursor_state(m.cursors + i) == lib.PYSEQ_CURSOR_FREE and \
-                    lib.pyseq_cursor_claim(m.cursors + i, lib.PYSEQ_CURSOR_FREE):
+                    lib.pyseq_cursor_claim(m.cursors + i, lib.PYSEQ_CURSOR_FREE, pid):
                 return i
         for i in range(self.max_readers):  # reclaim the entry of a reader whose process is gone
             c = m.cursors + i
-            state = lib.pyseq_cursor_state(c)
-            if state != lib.PYSEQ_CURSOR_FREE and not pid_alive(int(c.pid)) and lib.pyseq_cursor_claim(c, state):
+            state = int(lib.pyseq_cursor_state(c))
+            if state == lib.PYSEQ_CURSOR_FREE:
+                continue
+            owner = state >> 2 if state & lib.PYSEQ_CURSOR_STATE_MASK == lib.PYSEQ_CURSOR_CLAIMED else int(c.pid)
+            if not pid_alive(owner) and lib.pyseq_cursor_claim(c, state, pid):
                 return i
         raise errors.ReaderTableFullError(
             f"ring {self.name!r}: all {self.max_readers} reader cursors are held by live readers")
@@ -597,7 +607,7 @@ class Ring(HotWriter):
         out = []
         for i in range(self.max_readers):
             c = m.cursors + i
-            state = int(lib.pyseq_cursor_state(c))
+            state = int(lib.pyseq_cursor_state(c)) & lib.PYSEQ_CURSOR_STATE_MASK
             if state == lib.PYSEQ_CURSOR_FREE:
                 continue
             seq = int(lib.pyseq_cursor_sequence(c))
@@ -613,6 +623,12 @@ class Ring(HotWriter):
     def writer_closed(self) -> bool:
         """True once the writer closed the ring (end of stream)."""
         return int(self._mapping().header.writer_state) == lib.PYSEQ_WRITER_CLOSED
+
+    @property
+    def writer_gone(self) -> bool:
+        """True once the writer closed the ring or its process ended: nothing more will come."""
+        h = self._mapping().header
+        return int(h.writer_state) == lib.PYSEQ_WRITER_CLOSED or not pid_alive(int(h.writer_pid))
 
 
 def _check_field(name: str, value: Any, maximum: int) -> None:
@@ -733,6 +749,7 @@ class Reader(HotReader):
         """Up to ``limit`` messages as a numpy structured array of ``ring.dtype`` (a copy of whole
         slots, made in one C call).  Waits up to ``timeout`` seconds for the first one; returns an
         empty array if none came.  Pass ``out`` (an array of ``ring.dtype``) to reuse a buffer."""
+        self._check_open()
         if out is None:
             out = np.empty(limit, dtype=self.ring.dtype)
         elif out.dtype != self.ring.dtype or not out.flags.c_contiguous or len(out) < limit:
@@ -762,8 +779,8 @@ class Reader(HotReader):
             self._check_open()
 
     def __iter__(self) -> Iterator[Message]:
-        """Every message, waiting for the next; ends when the writer has closed the ring and this
-        reader has read everything published."""
+        """Every message, waiting for the next; ends when the writer has closed the ring (or its
+        process ended) and this reader has read everything published."""
         while True:
             self._check_open()
             seq = self._read_status(SLICE_NS)
@@ -771,7 +788,7 @@ class Reader(HotReader):
                 yield self._message()
             elif seq == 0:
                 self._check_open()
-                if self.ring.writer_closed and self.next_sequence > self.ring.published_sequence:
+                if self.ring.writer_gone and self.next_sequence > self.ring.published_sequence:
                     return
             else:
                 self._raise(seq)
@@ -779,16 +796,25 @@ class Reader(HotReader):
     def skip_to(self, sequence: int) -> None:
         """Continue from ``sequence`` (after a :class:`LappedError`: its ``resume_at``)."""
         self._check_open()
-        self._c.next_sequence = sequence
-        self._c.lapped_by = 0
+        if not isinstance(sequence, int) or isinstance(sequence, bool) or sequence < 1:
+            raise ValueError(f"sequence must be an int >= 1, not {sequence!r}")
+        lib.pyseq_reader_skip_to(self._c, sequence)
 
     def heartbeat(self) -> None:
-        """Refresh this reader's heartbeat (waiting does it too)."""
+        """Refresh this reader's heartbeat (waiting does it too); a gating reader that is busy for
+        longer than the writer's ``reader_timeout`` calls this to avoid eviction.  Raises
+        :class:`ReaderEvictedError` if the writer already evicted it."""
+        self._check_open()
+        if lib.pyseq_cursor_state(self._cursor) == lib.PYSEQ_CURSOR_EVICTED:
+            raise errors.ReaderEvictedError(
+                f"reader {self.name!r} of ring {self.ring.name!r} was evicted by the writer; it no longer "
+                f"holds the writer back")
         lib.pyseq_reader_heartbeat(self._c)
 
     @property
     def lag(self) -> int:
         """Messages published that this reader has not read yet."""
+        self._check_open()
         return self.ring.published_sequence - self.next_sequence + 1
 
     def _check_open(self) -> None:

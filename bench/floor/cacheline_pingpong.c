@@ -20,6 +20,11 @@
  *   mode "throughput": one writer (CPU a) streams COUNT 64-byte messages through one such ring to
  *   a reader (CPU b), which checks the sequence and every payload byte.
  *
+ *   mode "pyseq" (only when compiled with -DPYSEQ_RING csrc/ring.c -Icsrc): the "ring" ping-pong
+ *   through two real pyseq rings (csrc/ring_layout.h, formatted by pyseq_ring_format) with
+ *   pyseq_writer_try_publish, pyseq_reader_read (busy-spin) and, in the echoer,
+ *   pyseq_writer_try_forward: pyseq's C path with no Python in it, beside the floor.
+ *
  * Usage:  cacheline_pingpong MODE ITERS WARMUP CPU_A CPU_B TIMEOUT_S [SAMPLES_PATH]
  *   ITERS        measured round trips (throughput: messages); WARMUP round trips not recorded
  *   CPU_A/CPU_B  CPUs to pin the two processes to; -1 leaves a process unpinned
@@ -35,7 +40,7 @@
  * orderings are stated for correctness on any CPU.
  *
  * This file is standalone (the bench compiles it with gcc -O2 into a temporary directory at run
- * time); it deliberately does not include csrc/, so the floor stays fixed while the core changes.
+ * time); the floor modes do not use csrc/, so the floor stays fixed while the core changes.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -249,6 +254,53 @@ typedef struct {
     const char *samples_path;
 } config_t;
 
+/* ---- pyseq's C path (mode "pyseq") ------------------------------------------------------------ */
+
+#ifdef PYSEQ_RING
+#include "ring.h"
+#define PYSEQ_CAPACITY 4096
+#define PYSEQ_SLOT 128
+static uint8_t *pyseq_rings[2]; /* A->B and B->A, mapped shared before the fork */
+static const pyseq_idle_t pyseq_busy = {PYSEQ_IDLE_BUSY_SPIN, 0, 0, 0, 1000, 1000000};
+
+static int pyseq_map(void)
+{
+    uint64_t length = pyseq_ring_file_length(PYSEQ_CAPACITY, PYSEQ_SLOT, 4, 4096);
+    for (int i = 0; i < 2; i++) {
+        pyseq_rings[i] = mmap(NULL, length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        if (pyseq_rings[i] == MAP_FAILED ||
+            pyseq_ring_format(pyseq_rings[i], length, PYSEQ_CAPACITY, PYSEQ_SLOT, 4, 4096, 1, "floor", getpid()) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+static void pyseq_open(int out, pyseq_writer_t *w, pyseq_reader_t *r)
+{
+    pyseq_ring_header_t *ho = (pyseq_ring_header_t *)pyseq_rings[out];
+    pyseq_ring_header_t *hi = (pyseq_ring_header_t *)pyseq_rings[1 - out];
+    pyseq_writer_init(w, ho, (uint8_t *)ho + ho->cursors_offset, (uint8_t *)ho + ho->slots_offset);
+    pyseq_reader_init(r, hi, (uint8_t *)hi + hi->cursors_offset, (uint8_t *)hi + hi->slots_offset, NULL, 1);
+}
+
+/* the echoer's side: read each message and forward it unchanged */
+static int pyseq_echoer(const config_t *c)
+{
+    pyseq_writer_t w;
+    pyseq_reader_t r;
+    uint8_t buf[PYSEQ_SLOT];
+    pyseq_open(1, &w, &r);
+    for (long i = 0; i < c->iters + c->warmup; i++) {
+        if (pyseq_reader_read(&r, buf, sizeof buf, (int64_t)c->timeout_ns, &pyseq_busy) <= 0 ||
+            pyseq_writer_try_forward(&w, buf, 0) <= 0) {
+            fprintf(stderr, "pyseq echoer: no message %ld within the timeout\n", i);
+            return TIMEOUT;
+        }
+    }
+    return OK;
+}
+#endif
+
 static void pin(int cpu)
 {
     if (cpu < 0)
@@ -273,6 +325,10 @@ static int echoer(const config_t *c, shared_t *sh)
 static int echoer_run(const config_t *c, shared_t *sh)
 {
     long total = c->iters + c->warmup;
+#ifdef PYSEQ_RING
+    if (strcmp(c->mode, "pyseq") == 0)
+        return pyseq_echoer(c);
+#endif
     if (strcmp(c->mode, "cacheline") == 0) {
         for (long i = 0; i < total; i++) {
             if (wait_counter(&sh->counter, 2 * (uint64_t)i + 1, c->timeout_ns) != OK) {
@@ -363,6 +419,15 @@ static int initiator(const config_t *c, shared_t *sh)
         return USAGE;
     }
     int ring = strcmp(c->mode, "ring") == 0;
+    int pyseq = strcmp(c->mode, "pyseq") == 0;
+#ifdef PYSEQ_RING
+    pyseq_writer_t pw;
+    pyseq_reader_t pr;
+    if (pyseq) {
+        pyseq_open(0, &pw, &pr);
+        ring = 1; /* same message check as mode "ring" */
+    }
+#endif
     writer_t out = {&sh->ab, 1, 1};
     reader_t in = {&sh->ba, 1};
     uint8_t m[MESSAGE_LENGTH], reply[SLOT_SIZE];
@@ -377,7 +442,17 @@ static int initiator(const config_t *c, shared_t *sh)
         if (ring)
             make_message(m, (uint64_t)i);
         uint64_t t0 = ticks();
-        if (ring) {
+        if (pyseq) {
+#ifdef PYSEQ_RING
+            if (pyseq_writer_try_publish(&pw, 1, 0, 0, 0, m, MESSAGE_LENGTH) <= 0 ||
+                pyseq_reader_read(&pr, reply, sizeof reply, (int64_t)c->timeout_ns, &pyseq_busy) <= 0) {
+                fprintf(stderr, "initiator: no echo of message %ld within the timeout\n", i);
+                return TIMEOUT;
+            }
+            length = (int32_t)((pyseq_frame_t *)reply)->length;
+            memmove(reply, reply + PYSEQ_FRAME_LENGTH, (size_t)length);
+#endif
+        } else if (ring) {
             if (ring_publish(&out, 1, m, MESSAGE_LENGTH, c->timeout_ns) != OK ||
                 ring_read(&in, reply, &length, c->timeout_ns) != OK) {
                 fprintf(stderr, "initiator: no echo of message %ld within the timeout\n", i);
@@ -451,7 +526,11 @@ int main(int argc, char **argv)
     config_t c = {argv[1], atol(argv[2]), atol(argv[3]), atoi(argv[4]), atoi(argv[5]),
                   (uint64_t)(atof(argv[6]) * 1e9), argc == 8 ? argv[7] : NULL};
     if ((strcmp(c.mode, "cacheline") != 0 && strcmp(c.mode, "ring") != 0 &&
-         strcmp(c.mode, "throughput") != 0) ||
+         strcmp(c.mode, "throughput") != 0
+#ifdef PYSEQ_RING
+         && strcmp(c.mode, "pyseq") != 0
+#endif
+         ) ||
         c.iters <= 0 || c.warmup < 0 || c.timeout_ns == 0)
         return usage();
     printf("mode=%s\ncpu_a=%d\ncpu_b=%d\n", c.mode, c.cpu_a, c.cpu_b);
@@ -465,6 +544,12 @@ int main(int argc, char **argv)
     }
     ring_init(&sh->ab);
     ring_init(&sh->ba);
+#ifdef PYSEQ_RING
+    if (strcmp(c.mode, "pyseq") == 0 && pyseq_map() != 0) {
+        perror("pyseq rings");
+        return USAGE;
+    }
+#endif
 
     pid_t parent = getpid();
     pid_t child = fork();
