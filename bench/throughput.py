@@ -155,6 +155,47 @@ def pyseq_throughput(role: str, name: str = "", timeout: float = 5.0):
     return read_one, read_many, close
 
 
+def pyseq_writer_alone(count: int, repeat: int) -> dict:
+    """The cost of the publish calls themselves: one process publishes `count` 64-byte messages
+    into a ring nobody reads (no gating reader, so nothing holds it back), by single `publish`
+    calls and by `publish_batch` of BATCH; then checks the last message and the count.
+    Returns {label: [msgs/s of each run]}."""
+    try:
+        if REPO_ROOT not in sys.path:
+            sys.path.append(REPO_ROOT)
+        import pyseq
+    except ImportError as exc:
+        raise Unavailable(f"pyseq is not importable ({exc})") from None
+    name = harness.shm_name("pyseq-alone")
+    records = batch_records(0, count)
+    payloads = [message(i) for i in range(count)]
+    out: dict = {"pyseq publish, writer alone": [], f"pyseq publish_batch of {BATCH}, writer alone": []}
+    for _ in range(repeat):
+        for label in out:
+            ring = pyseq.Ring.create(name, capacity=4096, slot_size=128)
+            try:
+                publish, publish_batch = ring.publish, ring.publish_batch
+                start = time.perf_counter_ns()
+                if "batch" in label:
+                    for i in range(0, count, BATCH):
+                        publish_batch(MSG_TYPE, records[i:i + BATCH])
+                else:
+                    for p in payloads:
+                        publish(MSG_TYPE, p)
+                elapsed = time.perf_counter_ns() - start
+                reader = ring.reader(start=ring.published_sequence)
+                last = reader.read(timeout=1.0)
+                if ring.published_sequence != count or last.payload != message(count - 1):
+                    raise BenchFailed(f"{label}: published {ring.published_sequence}, last payload "
+                                      f"{last.payload[:8].hex()}; expected {count} and index {count - 1}")
+                reader.close()
+                out[label].append(round(count / (elapsed / 1e9)))
+            finally:
+                ring.close()
+                ring.unlink()
+    return out
+
+
 # ============================================================================================
 # Channels: prepare() in the bench process before the peers fork; open_writer() / open_reader()
 # in the peers; cleanup() in the bench's finally.  `batched` channels move BATCH per call.
@@ -476,13 +517,25 @@ def main(argv=None) -> int:
     for row in rows.values():
         row.print()
 
+    alone = {}
+    if any(cls.key.startswith("pyseq") for cls in channels):
+        try:
+            alone = pyseq_writer_alone(counts["pyseq-batch"], cfg.repeat)
+        except Unavailable as exc:
+            print(f"writer alone: skipped: {exc}")
+        print("\nthe publish calls alone (one process, nobody reading, every run checked): median msgs/s")
+        for label, runs in alone.items():
+            med = sorted(runs)[len(runs) // 2]
+            print(f"{label:<44} {med:>13,}   range {min(runs):,} .. {max(runs):,}")
+
     failed = any(row.status == "FAILED" for row in rows.values())
     if cfg.json:
         report = {"bench": "throughput", "message_length": MESSAGE_LENGTH, "batch": BATCH,
                   "machine": harness.machine_info(cpus),
                   "config": {"quick": cfg.quick, "counts": counts, "repeat": cfg.repeat,
                              "timeout_s": cfg.timeout},
-                  "results": {label: row.as_dict() for label, row in rows.items()}}
+                  "results": {label: row.as_dict() for label, row in rows.items()},
+                  "writer_alone_msgs_per_s": alone}
         with open(cfg.json, "w") as f:
             json.dump(report, f, indent=2)
             f.write("\n")

@@ -83,6 +83,13 @@ def _timeout_ns(timeout: Optional[float]) -> int:
     return int(timeout * 1e9)
 
 
+def _slice_ns(deadline: Optional[float]) -> int:
+    """The next wait slice: SLICE_NS, or what is left before ``deadline`` (time.monotonic; None: never)."""
+    if deadline is None:
+        return SLICE_NS
+    return max(0, min(SLICE_NS, int((deadline - time.monotonic()) * 1e9)))
+
+
 def _shm_open(name: str, flags: int, mode: int = 0o600) -> int:
     fd = lib.shm_open((SHM_PREFIX + name).encode(), flags, mode)
     if fd < 0:
@@ -460,11 +467,7 @@ class Ring(HotWriter):
         deadline = None if timeout is None else time.monotonic() + timeout
         idle = self.idle._c
         while True:
-            if deadline is None:
-                slice_ns = SLICE_NS
-            else:
-                slice_ns = max(0, min(SLICE_NS, int((deadline - time.monotonic()) * 1e9)))
-            if lib.pyseq_writer_wait_capacity(w, count, slice_ns, idle):
+            if lib.pyseq_writer_wait_capacity(w, count, _slice_ns(deadline), idle):
                 return
             if self._evict_stuck_readers(count):
                 continue
@@ -756,27 +759,19 @@ class Reader(HotReader):
             raise ValueError("out must be a contiguous array of ring.dtype with room for limit messages")
         if limit <= 0:
             raise ValueError(f"limit must be > 0, not {limit}")
+        deadline = None if timeout is None else time.monotonic() + _timeout_ns(timeout) / 1e9
         buf = ffi.from_buffer(out)
         try:
-            if timeout is not None and timeout <= 0.1:
-                n = lib.pyseq_reader_read_batch(self._c, buf, limit, _timeout_ns(timeout), self._idle_c)
-            else:
-                n = self._batch_long(buf, limit, timeout)
+            while True:
+                n = lib.pyseq_reader_read_batch(self._c, buf, limit, _slice_ns(deadline), self._idle_c)
+                if n != 0 or (deadline is not None and time.monotonic() >= deadline):
+                    break
+                self._check_open()
         finally:
             ffi.release(buf)
         if n >= 0:
             return out[:n]
         self._raise(n)
-
-    def _batch_long(self, buf: Any, limit: int, timeout: Optional[float]) -> int:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            slice_ns = SLICE_NS if deadline is None else max(
-                0, min(SLICE_NS, int((deadline - time.monotonic()) * 1e9)))
-            n = lib.pyseq_reader_read_batch(self._c, buf, limit, slice_ns, self._idle_c)
-            if n != 0 or (deadline is not None and time.monotonic() >= deadline):
-                return n
-            self._check_open()
 
     def __iter__(self) -> Iterator[Message]:
         """Every message, waiting for the next; ends when the writer has closed the ring (or its
