@@ -62,6 +62,23 @@ static int as_u64_range(PyObject *o, long long lo, long long hi, long long *out)
     return !overflow && !(*out == -1 && PyErr_Occurred()) && *out >= lo && *out <= hi;
 }
 
+/* True for a float or int >= 0 (a valid timeout); never leaves an exception set. */
+static int nonnegative_number(PyObject *o)
+{
+    double v;
+    if (PyFloat_CheckExact(o))
+        v = PyFloat_AS_DOUBLE(o);
+    else if (PyLong_CheckExact(o))
+        v = PyLong_AsDouble(o);
+    else
+        return 0;
+    if (v == -1.0 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    return v >= 0;
+}
+
 /* ---- Writer base ---------------------------------------------------------------------------- */
 
 typedef struct {
@@ -131,7 +148,10 @@ static PyObject *hotwriter_publish(HotWriter *self, PyObject *const *args, size_
             } else if (PyUnicode_CompareWithASCIIString(key, "timestamp_ns") == 0) {
                 if (!as_u64_range(value, 0, INT64_MAX, &ts))
                     goto slow;
-            } else if (PyUnicode_CompareWithASCIIString(key, "timeout") != 0) {
+            } else if (PyUnicode_CompareWithASCIIString(key, "timeout") == 0) {
+                if (value != Py_None && !nonnegative_number(value))
+                    goto slow;
+            } else {
                 goto slow;
             }
         }
@@ -317,6 +337,10 @@ static int64_t read_waiting(HotReader *self, long long timeout_ns, int *interrup
         }
         if (self->reader == NULL) /* closed by another thread meanwhile */
             return PYSEQ_EMPTY;
+        if (pyseq_header_writer_gone(self->reader->ring.header)) {
+            seq = pyseq_reader_poll(self->reader, self->buf, self->buf_length); /* the last word */
+            return seq != PYSEQ_EMPTY ? seq : PYSEQ_EEND;
+        }
     }
 }
 
@@ -404,7 +428,7 @@ static PyObject *hotwriter_forward(HotWriter *self, PyObject *const *args, size_
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     if (self->writer != NULL && nargs == 1 && kwnames == NULL && PyObject_TypeCheck(args[0], &HotReaderType)) {
         HotReader *r = (HotReader *)args[0];
-        if (r->reader != NULL) {
+        if (r->reader != NULL && ((const pyseq_frame_t *)r->buf)->sequence > 0) {
             int64_t seq = pyseq_writer_try_forward(self->writer, r->buf, 0);
             if (seq > 0)
                 return PyLong_FromLongLong(seq);

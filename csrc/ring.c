@@ -3,8 +3,11 @@
 
 #include "ring.h"
 
+#include <errno.h>
 #include <sched.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/types.h>
 #include <time.h>
 
 #include "atomics.h"
@@ -461,6 +464,14 @@ int64_t pyseq_cursor_sequence(const pyseq_cursor_t *cursor)
 int64_t pyseq_header_published(const pyseq_ring_header_t *header)
 {
     return pyseq_load_acquire(&header->published_sequence);
+}
+
+int pyseq_header_writer_gone(const pyseq_ring_header_t *header)
+{
+    if (pyseq_load_acquire_u32(&header->writer_state) == PYSEQ_WRITER_CLOSED)
+        return 1;
+    pid_t pid = (pid_t)header->writer_pid;
+    return pid > 0 && kill(pid, 0) != 0 && errno == ESRCH;
 }
 
 uint32_t pyseq_header_layout_version(const pyseq_ring_header_t *header)

@@ -17,6 +17,7 @@
 #define PYSEQ_ELAPPED (-2)      /* the reader was overtaken by the writer */
 #define PYSEQ_ETOO_LARGE (-3)   /* payload longer than slot_size - PYSEQ_FRAME_LENGTH */
 #define PYSEQ_EINVAL (-4)       /* a size or count out of range */
+#define PYSEQ_EEND (-5)         /* nothing left to read and the writer is gone (closed or dead) */
 
 #define PYSEQ_IDLE_BUSY_SPIN 0  /* pause instruction only: lowest latency, burns a core */
 #define PYSEQ_IDLE_SPIN_YIELD 1 /* spin `spins` times, then sched_yield */
@@ -96,6 +97,8 @@ void pyseq_cursor_release(pyseq_cursor_t *cursor);
 uint32_t pyseq_cursor_state(const pyseq_cursor_t *cursor);
 int64_t pyseq_cursor_sequence(const pyseq_cursor_t *cursor);
 int64_t pyseq_header_published(const pyseq_ring_header_t *header);
+/* 1 if the writer closed the ring or its process no longer exists */
+int pyseq_header_writer_gone(const pyseq_ring_header_t *header);
 uint32_t pyseq_header_layout_version(const pyseq_ring_header_t *header);
 
 #endif /* PYSEQ_RING_H */

@@ -4,7 +4,7 @@ The public API; everything else is private.
 """
 from __future__ import annotations
 
-from .errors import (BackPressureError, LappedError, MessageTooLargeError, NotWriterError, PyseqError,
+from .errors import (BackPressureError, EndOfStreamError, LappedError, MessageTooLargeError, NotWriterError, PyseqError,
                      ReaderEvictedError, ReaderTableFullError, RingClosedError, RingConfigError,
                      RingExistsError, RingFormatError, RingNameError, RingNotFoundError, RingNotReadyError,
                      RingPermissionError, SchemaCompatibilityError, SchemaError, TimeoutError)
@@ -21,6 +21,6 @@ __all__ = [
     "IdleStrategy", "BusySpin", "SpinYield", "BackoffIdle", "default_idle",
     "PyseqError", "RingNameError", "RingNotFoundError", "RingExistsError",
     "RingFormatError", "RingNotReadyError", "RingClosedError", "RingConfigError", "RingPermissionError",
-    "NotWriterError", "ReaderTableFullError", "ReaderEvictedError", "LappedError", "BackPressureError",
+    "NotWriterError", "EndOfStreamError", "ReaderTableFullError", "ReaderEvictedError", "LappedError", "BackPressureError",
     "MessageTooLargeError", "TimeoutError", "SchemaError", "SchemaCompatibilityError",
 ]

@@ -65,6 +65,11 @@ class LappedError(PyseqError):
         super().__init__(msg)
 
 
+class EndOfStreamError(PyseqError):
+    """A blocking read found nothing left to read and the ring's writer gone: it closed the ring, or
+    its process ended.  Nothing more will be published into this ring."""
+
+
 class BackPressureError(PyseqError):
     """The writer could not publish within its timeout because a gating reader has not consumed
     the slot it would overwrite."""

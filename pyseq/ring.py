@@ -15,6 +15,7 @@ import mmap
 import os
 import re
 import time
+import weakref
 from typing import Any, Iterator, Optional, Union
 
 import numpy as np
@@ -160,7 +161,7 @@ class Ring(HotWriter):
         self.max_readers = int(h.max_readers)
         self.first_sequence = int(h.first_sequence)
         self.dtype = batch_dtype(self.slot_size)
-        self._readers: list[Reader] = []
+        self._readers: "weakref.WeakSet[Reader]" = weakref.WeakSet()
         self._w: Any = None
         if is_writer:
             self._w = ffi.new("pyseq_writer_t *")
@@ -201,8 +202,8 @@ class Ring(HotWriter):
             raise errors.RingConfigError(f"max_readers must be from 1 to 4096, not {max_readers}")
         if first_sequence < 1:
             raise errors.RingConfigError(f"first_sequence must be >= 1, not {first_sequence}")
-        if reader_timeout <= 0:
-            raise errors.RingConfigError(f"reader_timeout must be > 0, not {reader_timeout}")
+        if not isinstance(reader_timeout, (int, float)) or isinstance(reader_timeout, bool) or reader_timeout <= 0:
+            raise errors.RingConfigError(f"reader_timeout must be a number of seconds > 0, not {reader_timeout!r}")
         length = int(lib.pyseq_ring_file_length(capacity, slot_size, max_readers, PAGE_SIZE))
         assert length > 0
 
@@ -255,11 +256,12 @@ class Ring(HotWriter):
                     f"ring {name!r} already exists and its writer (pid {pid}) is alive; "
                     f"a ring has exactly one writer") from None
             st = os.fstat(fd)
-            if st.st_size >= PAGE_SIZE:
-                raw = os.pread(fd, 16, 0)
-                ready = int.from_bytes(raw[8:12], "little") != 0
-            else:
-                ready = False
+            raw = os.pread(fd, 16, 0) if st.st_size >= PAGE_SIZE else b""
+            magic = int.from_bytes(raw[:8], "little") if raw else 0
+            if magic not in (0, lib.PYSEQ_RING_MAGIC):
+                raise errors.RingExistsError(
+                    f"{shm_path(name)} exists and is not a pyseq ring; remove it if it is not needed")
+            ready = bool(raw) and int.from_bytes(raw[8:12], "little") != 0
             if not ready and time.time() - st.st_mtime < UNREADY_GRACE_S:
                 raise errors.RingExistsError(f"ring {name!r} is being created by another process")
             log.warning("ring %r: its writer is gone; replacing it with a new ring", name)
@@ -295,9 +297,29 @@ class Ring(HotWriter):
             raise
 
     @staticmethod
-    def remove(name: str) -> bool:
-        """Remove the ring ``name`` from /dev/shm; True if it existed.  Mapped handles stay valid."""
+    def remove(name: str, *, force: bool = False) -> bool:
+        """Remove the ring ``name`` from /dev/shm; True if it existed.  Mapped handles stay valid.
+
+        A ring whose writer is alive in another process is not removed (:class:`RingExistsError`):
+        a new ``create`` of the name would then give it a second writer.  ``force=True`` removes it
+        all the same."""
         validate_name(name)
+        if not force:
+            try:
+                fd = _shm_open(name, os.O_RDONLY)
+            except errors.RingNotFoundError:
+                return False
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    pid = _writer_pid_of(fd)
+                    if pid != os.getpid():
+                        raise errors.RingExistsError(
+                            f"ring {name!r} has a live writer (pid {pid}); it removes the ring itself "
+                            f"(ring.unlink()), or pass force=True") from None
+            finally:
+                os.close(fd)
         if lib.shm_unlink((SHM_PREFIX + name).encode()) == 0:
             return True
         if ffi.errno == errno.ENOENT:
@@ -309,7 +331,15 @@ class Ring(HotWriter):
         return os.path.exists(shm_path(name))
 
     def unlink(self) -> bool:
-        return Ring.remove(self.name)
+        """Remove this ring's name from /dev/shm, if the name still refers to this ring (and not to
+        one created since under the same name); True if it did."""
+        if self._map is not None:
+            try:
+                if os.stat(shm_path(self.name)).st_ino != os.fstat(self._fd).st_ino:
+                    return False
+            except FileNotFoundError:
+                return False
+        return Ring.remove(self.name, force=self.is_writer)
 
     # ---- lifetime ------------------------------------------------------------------------------
 
@@ -368,10 +398,19 @@ class Ring(HotWriter):
         """``publish`` for every case its C fast path does not take: a record to encode, a payload
         that is not a contiguous buffer, values out of range, a closed or attached handle, and
         back-pressure (wait up to ``timeout``, evicting dead gating readers, then raise)."""
+        if isinstance(msg_type, type):
+            raise TypeError(f"publish() takes a record instance or (msg_type, payload), not the class "
+                            f"{msg_type.__name__}")
         if payload is None and hasattr(msg_type, "encode") and hasattr(msg_type, "msg_type"):
             record = msg_type
+            if schema_version not in (0, record.version):
+                raise ValueError(f"schema_version={schema_version} conflicts with the record's version "
+                                 f"{record.version}")
             msg_type, payload, schema_version = record.msg_type, record.encode(), record.version
         w = self._writer()
+        if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool)
+                                    or timeout < 0):
+            raise ValueError(f"timeout must be a number of seconds >= 0 or None, not {timeout!r}")
         _check_field("msg_type", msg_type, 0xFFFF)
         _check_field("schema_version", schema_version, 0xFFFF)
         _check_field("source", source, 0xFFFFFFFF)
@@ -412,6 +451,8 @@ class Ring(HotWriter):
         if not isinstance(reader, Reader):
             raise TypeError(f"forward() takes a pyseq.Reader, not {type(reader).__name__}")
         reader._check_open()
+        if int.from_bytes(reader._mv[:8], "little", signed=True) <= 0:
+            raise ValueError(f"reader {reader.name!r} has not read a message yet: nothing to forward")
         while True:
             seq = lib.pyseq_writer_try_forward(w, reader._buf, bool(keep_timestamp))
             if seq > 0:
@@ -421,14 +462,23 @@ class Ring(HotWriter):
                     f"the forwarded payload does not fit ring {self.name!r} (at most {self.max_payload} bytes)")
             self._wait_capacity(1, timeout)
 
-    def publish_batch(self, msg_type: int, records: np.ndarray, *, source: int = 0, schema_version: int = 0,
+    def publish_batch(self, msg_type: Any, records: np.ndarray, *, source: int = 0, schema_version: int = 0,
                       timestamp_ns: int = 0, timeout: Optional[float] = None) -> int:
         """Publish every element of ``records`` as one message each; return the first sequence.
 
         ``records`` is a contiguous numpy array: a structured array (one record a message, e.g.
         ``Order.to_array(...)``) or a 2-D uint8 array (one row a message).  The messages take
-        consecutive sequences; one C call copies as many as the ring has room for.
+        consecutive sequences; one C call copies as many as the ring has room for.  ``msg_type`` may
+        be a declared record class (its message type and version go into the frames).
         """
+        if isinstance(msg_type, type) and hasattr(msg_type, "msg_type") and hasattr(msg_type, "version"):
+            if schema_version not in (0, msg_type.version):
+                raise ValueError(f"schema_version={schema_version} conflicts with {msg_type.__name__}'s "
+                                 f"version {msg_type.version}")
+            msg_type, schema_version = msg_type.msg_type, msg_type.version
+        _check_field("msg_type", msg_type, 0xFFFF)
+        _check_field("schema_version", schema_version, 0xFFFF)
+        _check_field("source", source, 0xFFFFFFFF)
         w = self._writer()
         arr = np.ascontiguousarray(records)
         if arr.ndim == 2 and arr.dtype == np.uint8:
@@ -482,7 +532,9 @@ class Ring(HotWriter):
         if not infos:
             return "(none)"
         r = min(infos, key=lambda i: i["sequence"])
-        return f"{r['name']!r} (pid {r['pid']}, at sequence {r['sequence']})"
+        read = f"has read up to sequence {r['sequence']}" if r["sequence"] >= self.first_sequence else \
+            "has read nothing yet"
+        return f"{r['name']!r} (pid {r['pid']}, {read})"
 
     def _evict_stuck_readers(self, count: int) -> bool:
         """Evict gating readers whose process is gone, or that held the writer back without moving
@@ -558,7 +610,7 @@ class Ring(HotWriter):
             # the cursor is visible now (activate ends with a seq_cst fence): start after what the
             # writer published meanwhile, which it may overwrite without seeing this cursor
             r.skip_to(int(lib.pyseq_header_published(m.header)) + 1)
-        self._readers.append(r)
+        self._readers.add(r)
         return r
 
     def _claim_cursor(self) -> int:
@@ -581,7 +633,7 @@ class Ring(HotWriter):
 
     def _release_reader(self, reader: "Reader") -> None:
         if reader in self._readers:
-            self._readers.remove(reader)
+            self._readers.discard(reader)
 
     # ---- introspection -------------------------------------------------------------------------
 
@@ -616,7 +668,7 @@ class Ring(HotWriter):
             seq = int(lib.pyseq_cursor_sequence(c))
             out.append({
                 "index": i, "name": ffi.string(c.name).decode(errors="replace"), "pid": int(c.pid),
-                "gating": bool(c.gating), "sequence": seq, "lag": published - seq,
+                "gating": bool(c.gating), "sequence": seq, "lag": max(0, published - seq),
                 "state": {1: "claimed", 2: "active", 3: "evicted"}.get(state, "?"),
                 "heartbeat_ns": int(c.heartbeat_ns), "alive": pid_alive(int(c.pid)),
             })
@@ -731,8 +783,15 @@ class Reader(HotReader):
             if status > 0:
                 return status
         if status == 0:
-            raise errors.TimeoutError(
-                f"no message on ring {self.ring.name!r} at sequence {self.next_sequence} within {timeout} s")
+            if self.ring.writer_gone:
+                status = int(self._read_status(0))  # the writer's last word, published before it went
+                if status > 0:
+                    return status
+                if status == 0:
+                    self._raise(lib.PYSEQ_EEND)
+            else:
+                raise errors.TimeoutError(
+                    f"no message on ring {self.ring.name!r} at sequence {self.next_sequence} within {timeout} s")
         self._raise(status)
         raise AssertionError("unreachable")
 
@@ -750,21 +809,32 @@ class Reader(HotReader):
 
     def read_batch(self, limit: int, timeout: Optional[float] = 0.0, out: Optional[np.ndarray] = None) -> np.ndarray:
         """Up to ``limit`` messages as a numpy structured array of ``ring.dtype`` (a copy of whole
-        slots, made in one C call).  Waits up to ``timeout`` seconds for the first one; returns an
-        empty array if none came.  Pass ``out`` (an array of ``ring.dtype``) to reuse a buffer."""
+        slots, made in one C call).  Waits up to ``timeout`` seconds (None: for ever) for the first
+        one; returns an empty array if none came, or raises :class:`EndOfStreamError` if the writer
+        is gone and everything was read (unless ``timeout`` is 0: then it only polls).  Pass ``out``
+        (an array of ``ring.dtype``) to reuse a buffer.  The payload column holds ``slot_size - 32``
+        bytes; ``length`` says how many are the message (``pyseq.batch_payloads`` views them as
+        records)."""
         self._check_open()
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
+            raise ValueError(f"limit must be an int > 0, not {limit!r}")
         if out is None:
             out = np.empty(limit, dtype=self.ring.dtype)
         elif out.dtype != self.ring.dtype or not out.flags.c_contiguous or len(out) < limit:
             raise ValueError("out must be a contiguous array of ring.dtype with room for limit messages")
-        if limit <= 0:
-            raise ValueError(f"limit must be > 0, not {limit}")
         deadline = None if timeout is None else time.monotonic() + _timeout_ns(timeout) / 1e9
         buf = ffi.from_buffer(out)
         try:
             while True:
                 n = lib.pyseq_reader_read_batch(self._c, buf, limit, _slice_ns(deadline), self._idle_c)
-                if n != 0 or (deadline is not None and time.monotonic() >= deadline):
+                if n != 0 or timeout == 0:
+                    break
+                if self.ring.writer_gone:  # one more look: the writer's last word
+                    n = lib.pyseq_reader_read_batch(self._c, buf, limit, 0, self._idle_c)
+                    if n == 0:
+                        n = lib.PYSEQ_EEND
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
                     break
                 self._check_open()
         finally:
@@ -781,6 +851,8 @@ class Reader(HotReader):
             seq = self._read_status(SLICE_NS)
             if seq > 0:
                 yield self._message()
+            elif seq == lib.PYSEQ_EEND:
+                return
             elif seq == 0:
                 self._check_open()
                 if self.ring.writer_gone and self.next_sequence > self.ring.published_sequence:
@@ -826,6 +898,10 @@ class Reader(HotReader):
             if lib.pyseq_cursor_state(self._cursor) == lib.PYSEQ_CURSOR_EVICTED:
                 detail = "this gating reader was evicted by the writer"
             raise errors.LappedError(first, resume - first, resume, detail)
+        if status == lib.PYSEQ_EEND:
+            raise errors.EndOfStreamError(
+                f"ring {self.ring.name!r}: its writer is gone and every message up to sequence "
+                f"{self.next_sequence - 1} was read")
         if status == lib.PYSEQ_EINVAL:
             raise ValueError("invalid argument to the ring's C core")
         raise errors.PyseqError(f"ring {self.ring.name!r}: unexpected status {status}")
@@ -839,6 +915,12 @@ class Reader(HotReader):
         if not self.ring.closed:
             lib.pyseq_cursor_release(self._cursor)
         self.ring._release_reader(self)
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
 
     def __enter__(self) -> "Reader":
         return self

@@ -569,21 +569,24 @@ def test_a_full_reader_table_is_a_reader_table_full_error(ring_name: str) -> Non
     with pyseq.Ring.create(ring_name, capacity=8, slot_size=64, max_readers=2) as ring, \
             pyseq.Ring.attach(ring_name) as attached:
         first = ring.reader("one")
-        attached.reader("two")
+        second = attached.reader("two")
         with pytest.raises(pyseq.ReaderTableFullError, match="2"):
             ring.reader("three")
         with pytest.raises(pyseq.ReaderTableFullError):
             attached.reader("three")
         first.close()
-        assert attached.reader("three").name == "three"
+        third = attached.reader("three")
+        assert third.name == "three"
         assert sorted(r["name"] for r in ring.readers()) == ["three", "two"]
+        assert second.name == "two"
 
 
 def register_a_reader_and_wait(name: str, ready: Any, release: Any) -> None:
     with pyseq.Ring.attach(name) as ring:
-        ring.reader("child")
+        reader = ring.reader("child")
         ready.set()
         release.wait(60)
+        reader.close()
 
 
 def test_the_cursor_of_a_killed_reader_process_is_reclaimed(ring_name: str, children: Children) -> None:

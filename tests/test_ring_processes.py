@@ -309,9 +309,10 @@ def test_a_killed_gating_reader_is_evicted_and_the_writer_goes_on(
 
 def try_publish_after_a_gating_reader_is_killed_setup(name: str, ready: Any) -> None:
     ring = pyseq.Ring.attach(name, timeout=30)
-    ring.reader("killed-before-reading", gating=True, start=1)
+    reader = ring.reader("killed-before-reading", gating=True, start=1)
     ready.set()
     time.sleep(120)  # killed long before this
+    reader.close()
 
 
 def test_try_publish_evicts_a_dead_gating_reader_instead_of_returning_none(ring_name: str,
