@@ -191,6 +191,7 @@ typedef struct {
     uint8_t *buf;
     uint32_t buf_length;
     const pyseq_idle_t *idle;
+    int64_t stale_ns; /* > 0: a wait that finds the writer's heartbeat older than this ends (ESTALE) */
     PyTypeObject *message_type;
     PyObject *keepalive;
 } HotReader;
@@ -218,13 +219,14 @@ static int hotreader_clear(HotReader *self)
     return 0;
 }
 
-/* _bind(reader_address, buffer_address, buffer_length, idle_address, message_type, keepalive) */
+/* _bind(reader_address, buffer_address, buffer_length, idle_address, stale_ns, message_type, keepalive) */
 static PyObject *hotreader_bind(HotReader *self, PyObject *args)
 {
     unsigned long long reader, buf, idle;
     unsigned int buf_length;
+    long long stale_ns;
     PyObject *message_type, *keep;
-    if (!PyArg_ParseTuple(args, "KKIKOO", &reader, &buf, &buf_length, &idle, &message_type, &keep))
+    if (!PyArg_ParseTuple(args, "KKIKLOO", &reader, &buf, &buf_length, &idle, &stale_ns, &message_type, &keep))
         return NULL;
     if (!PyType_Check(message_type) || !PyType_IsSubtype((PyTypeObject *)message_type, &PyTuple_Type)) {
         PyErr_SetString(PyExc_TypeError, "message_type must be a tuple subclass");
@@ -238,6 +240,7 @@ static PyObject *hotreader_bind(HotReader *self, PyObject *args)
     self->buf = (uint8_t *)(uintptr_t)buf;
     self->buf_length = buf_length;
     self->idle = (const pyseq_idle_t *)(uintptr_t)idle;
+    self->stale_ns = stale_ns;
     Py_XSETREF(self->message_type, (PyTypeObject *)Py_NewRef(message_type));
     Py_XSETREF(self->keepalive, Py_NewRef(keep));
     Py_RETURN_NONE;
@@ -337,10 +340,13 @@ static int64_t read_waiting(HotReader *self, long long timeout_ns, int *interrup
         }
         if (self->reader == NULL) /* closed by another thread meanwhile */
             return PYSEQ_EMPTY;
-        if (pyseq_header_writer_gone(self->reader->ring.header)) {
+        const pyseq_ring_header_t *h = self->reader->ring.header;
+        if (pyseq_header_writer_gone(h)) {
             seq = pyseq_reader_poll(self->reader, self->buf, self->buf_length); /* the last word */
             return seq != PYSEQ_EMPTY ? seq : PYSEQ_EEND;
         }
+        if (self->stale_ns > 0 && pyseq_clock_realtime_ns() - h->writer_heartbeat_ns > self->stale_ns)
+            return PYSEQ_ESTALE;
     }
 }
 

@@ -149,6 +149,8 @@ void pyseq_writer_init(pyseq_writer_t *writer, void *header, void *cursors, void
     int64_t published = pyseq_load_acquire(&writer->ring.header->published_sequence);
     int64_t first = writer->ring.header->first_sequence;
     writer->next_sequence = published >= first ? published + 1 : first;
+    writer->watch_ns = 0;
+    writer->watched_ns = 0;
     pyseq_writer_gating_scan(writer);
 }
 
@@ -189,9 +191,15 @@ int64_t pyseq_writer_try_publish(pyseq_writer_t *writer, uint16_t msg_type, uint
     if (length > r->slot_size - PYSEQ_FRAME_LENGTH)
         return PYSEQ_ETOO_LARGE;
     int64_t s = writer->next_sequence;
-    if (s > writable_limit(writer, s))
+    if (s > writable_limit(writer, s)) {
+        pyseq_fetch_add_u64(&r->header->full_count, 1);
         return PYSEQ_EFULL;
+    }
     int64_t now = pyseq_clock_realtime_ns();
+    if (writer->watch_ns > 0 && now - writer->watched_ns >= writer->watch_ns) {
+        writer->watched_ns = now;
+        return PYSEQ_EWATCH;
+    }
     write_slot(r, s, msg_type, schema_version, source, timestamp_ns ? timestamp_ns : now, payload, length);
     pyseq_store_release(&r->header->published_sequence, s); /* step 4 */
     pyseq_store_relaxed(&r->header->writer_heartbeat_ns, now);
@@ -219,9 +227,15 @@ int64_t pyseq_writer_try_publish_batch(pyseq_writer_t *writer, uint16_t msg_type
     int64_t s = writer->next_sequence;
     int64_t limit = writable_limit(writer, s + count - 1);
     int64_t n = limit - s + 1 < count ? limit - s + 1 : count;
-    if (n <= 0)
+    if (n <= 0) {
+        pyseq_fetch_add_u64(&r->header->full_count, 1);
         return 0;
+    }
     int64_t now = pyseq_clock_realtime_ns();
+    if (writer->watch_ns > 0 && now - writer->watched_ns >= writer->watch_ns) {
+        writer->watched_ns = now;
+        return PYSEQ_EWATCH;
+    }
     int64_t ts = timestamp_ns ? timestamp_ns : now;
     const uint8_t *src = (const uint8_t *)records;
     for (int64_t i = 0; i < n; i++)

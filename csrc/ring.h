@@ -18,6 +18,8 @@
 #define PYSEQ_ETOO_LARGE (-3)   /* payload longer than slot_size - PYSEQ_FRAME_LENGTH */
 #define PYSEQ_EINVAL (-4)       /* a size or count out of range */
 #define PYSEQ_EEND (-5)         /* nothing left to read and the writer is gone (closed or dead) */
+#define PYSEQ_ESTALE (-6)       /* nothing to read and the writer's heartbeat is older than allowed */
+#define PYSEQ_EWATCH (-7)       /* nothing written: the writer's watch interval passed; check, then retry */
 
 #define PYSEQ_IDLE_BUSY_SPIN 0  /* pause instruction only: lowest latency, burns a core */
 #define PYSEQ_IDLE_SPIN_YIELD 1 /* spin `spins` times, then sched_yield */
@@ -47,6 +49,9 @@ typedef struct pyseq_writer_s {
     pyseq_ring_t ring;
     int64_t next_sequence;   /* writer-local: the sequence the next publish gives */
     int64_t gating_cache;    /* writer-local: lowest gating cursor at the last scan */
+    int64_t watch_ns;        /* > 0: a publish returns PYSEQ_EWATCH once per this interval, so the
+                                caller can check what it watches (a client: its sequencer) */
+    int64_t watched_ns;      /* when it last did */
 } pyseq_writer_t;
 
 typedef struct pyseq_reader_s {

@@ -71,7 +71,12 @@
  *   +---------------------------------------------------------------+
  *   |                        writer_state                           | 152  0 none, 1 open, 2 closed
  *   +---------------------------------------------------------------+
- *   |                   pad to 256                                  | 156
+ *   |                     pad (4 bytes)                             | 156
+ *   +---------------------------------------------------------------+
+ *   |                        full_count                             | 160  publishes that found no room
+ *   |                                                               |      (back-pressure events)
+ *   +---------------------------------------------------------------+
+ *   |                   pad to 256                                  | 168
  *   +---------------------------------------------------------------+
  *   |                     published_sequence                        | 256  own 128-byte line: last
  *   |                                                               |      sequence published (0 =
@@ -104,7 +109,10 @@
  *   |                         name[32]                              |  32
  *   ...                                                           ...
  *   +---------------------------------------------------------------+
- *   |                         pad to 128                            |  64
+ *   |                         held_count                            |  64  times the owner left published
+ *   |                                                               |      messages unread by its own policy
+ *   +---------------------------------------------------------------+      (the sequencer's rate limit)
+ *   |                         pad to 128                            |  72
  *   +---------------------------------------------------------------+
  *
  * A slot (slot_size bytes, a multiple of 64; slot of sequence s is at slots + (s & (capacity-1)) * slot_size)
@@ -226,7 +234,9 @@ typedef struct pyseq_ring_header_s {
     int64_t writer_heartbeat_ns;
     uint64_t eviction_count;
     uint32_t writer_state;
-    uint8_t pad_writer[PYSEQ_PADDED_LINE - 3 * sizeof(int64_t) - sizeof(uint32_t)];
+    uint32_t pad_writer_state;
+    uint64_t full_count;
+    uint8_t pad_writer[PYSEQ_PADDED_LINE - 5 * sizeof(int64_t)];
     /* published position: writer only, store-release after the slot */
     int64_t published_sequence;
     uint8_t pad_published[PYSEQ_PADDED_LINE - sizeof(int64_t)];
@@ -242,7 +252,8 @@ typedef struct pyseq_cursor_s {
     int64_t pid;           /* owner, before state = ACTIVE */
     int64_t heartbeat_ns;  /* owner, relaxed */
     char name[PYSEQ_CURSOR_NAME_LENGTH];
-    uint8_t pad[PYSEQ_PADDED_LINE - 64];
+    uint64_t held_count;   /* owner, relaxed */
+    uint8_t pad[PYSEQ_PADDED_LINE - 72];
 } pyseq_cursor_t;
 
 typedef struct pyseq_frame_s {
@@ -271,6 +282,7 @@ _Static_assert(offsetof(pyseq_ring_header_t, writer_pid) == 128, "writer_pid");
 _Static_assert(offsetof(pyseq_ring_header_t, writer_heartbeat_ns) == 136, "writer_heartbeat_ns");
 _Static_assert(offsetof(pyseq_ring_header_t, eviction_count) == 144, "eviction_count");
 _Static_assert(offsetof(pyseq_ring_header_t, writer_state) == 152, "writer_state");
+_Static_assert(offsetof(pyseq_ring_header_t, full_count) == 160, "full_count");
 _Static_assert(offsetof(pyseq_ring_header_t, published_sequence) == 256, "published_sequence");
 _Static_assert(offsetof(pyseq_ring_header_t, journaled_sequence) == 384, "journaled_sequence");
 _Static_assert(sizeof(pyseq_ring_header_t) == PYSEQ_RING_HEADER_LENGTH, "header is one page");
@@ -281,6 +293,7 @@ _Static_assert(offsetof(pyseq_cursor_t, gating) == 12, "cursor.gating");
 _Static_assert(offsetof(pyseq_cursor_t, pid) == 16, "cursor.pid");
 _Static_assert(offsetof(pyseq_cursor_t, heartbeat_ns) == 24, "cursor.heartbeat_ns");
 _Static_assert(offsetof(pyseq_cursor_t, name) == 32, "cursor.name");
+_Static_assert(offsetof(pyseq_cursor_t, held_count) == 64, "cursor.held_count");
 _Static_assert(sizeof(pyseq_cursor_t) == PYSEQ_PADDED_LINE, "cursor is 128 bytes");
 
 _Static_assert(offsetof(pyseq_frame_t, sequence) == 0, "frame.sequence");

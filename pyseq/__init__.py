@@ -4,23 +4,28 @@ The public API; everything else is private.
 """
 from __future__ import annotations
 
-from .errors import (BackPressureError, EndOfStreamError, LappedError, MessageTooLargeError, NotWriterError, PyseqError,
+from .errors import (BackPressureError, ClientNameInUseError, EndOfStreamError, LappedError, MessageTooLargeError, NotWriterError, PyseqError,
                      ReaderEvictedError, ReaderTableFullError, RingClosedError, RingConfigError,
                      RingExistsError, RingFormatError, RingNameError, RingNotFoundError, RingNotReadyError,
-                     RingPermissionError, SchemaCompatibilityError, SchemaError, TimeoutError)
+                     RingPermissionError, SchemaCompatibilityError, SchemaError, SequencerNotRunningError,
+                     SequencerStoppedError, TimeoutError, WriterStalledError)
 from .idle import BackoffIdle, BusySpin, IdleStrategy, SpinYield, default_idle
 from .message import FRAME_LENGTH, Message, batch_dtype, batch_payloads
 from .ring import Reader, Ring
+from .sequencer import CLIENT_JOINED, CLIENT_LEFT, END_OF_STREAM, SYSTEM_FIRST, Limit, Limits, Sequencer
+from .client import Client
 from . import schema
 from .schema import Record, check_compatible
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Ring", "Reader", "Message", "Record", "schema", "check_compatible", "FRAME_LENGTH", "batch_dtype", "batch_payloads",
+    "Ring", "Reader", "Message", "Sequencer", "Client", "Limit", "Limits",
+    "SYSTEM_FIRST", "CLIENT_JOINED", "CLIENT_LEFT", "END_OF_STREAM", "Record", "schema", "check_compatible", "FRAME_LENGTH", "batch_dtype", "batch_payloads",
     "IdleStrategy", "BusySpin", "SpinYield", "BackoffIdle", "default_idle",
     "PyseqError", "RingNameError", "RingNotFoundError", "RingExistsError",
     "RingFormatError", "RingNotReadyError", "RingClosedError", "RingConfigError", "RingPermissionError",
     "NotWriterError", "EndOfStreamError", "ReaderTableFullError", "ReaderEvictedError", "LappedError", "BackPressureError",
-    "MessageTooLargeError", "TimeoutError", "SchemaError", "SchemaCompatibilityError",
+    "MessageTooLargeError", "TimeoutError", "WriterStalledError", "ClientNameInUseError",
+    "SequencerNotRunningError", "SequencerStoppedError", "SchemaError", "SchemaCompatibilityError",
 ]

@@ -23,6 +23,10 @@ class RingExistsError(PyseqError, FileExistsError):
     """``create`` found a ring of that name whose writer is still alive."""
 
 
+class ClientNameInUseError(RingExistsError):
+    """``Client.connect`` with a client name a live process already uses on that ring."""
+
+
 class RingFormatError(PyseqError):
     """The shared-memory object is not a pyseq ring this version can read: wrong magic, wrong layout
     version, inconsistent sizes, or a truncated file."""
@@ -68,6 +72,20 @@ class LappedError(PyseqError):
 class EndOfStreamError(PyseqError):
     """A blocking read found nothing left to read and the ring's writer gone: it closed the ring, or
     its process ended.  Nothing more will be published into this ring."""
+
+
+class WriterStalledError(PyseqError):
+    """A reader with ``stale_after`` found nothing to read and the ring's writer heartbeat older than
+    that: the writer process is alive but not running its loop (stopped, hung, or swapped out)."""
+
+
+class SequencerNotRunningError(PyseqError):
+    """``Client.connect`` found no live sequencer for the ring, or none took the client's inbound ring
+    within the timeout."""
+
+
+class SequencerStoppedError(PyseqError):
+    """The sequencer a client was connected to stopped (closed, died, or its heartbeat went stale)."""
 
 
 class BackPressureError(PyseqError):

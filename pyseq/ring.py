@@ -430,6 +430,9 @@ class Ring(HotWriter):
                 seq = lib.pyseq_writer_try_publish(w, msg_type, schema_version, source, timestamp_ns, buf, len(data))
                 if seq > 0:
                     return int(seq)
+                if seq == lib.PYSEQ_EWATCH:
+                    self._watch()
+                    continue
                 self._wait_capacity(1, timeout)
         finally:
             ffi.release(buf)
@@ -460,6 +463,9 @@ class Ring(HotWriter):
             if seq == lib.PYSEQ_ETOO_LARGE:
                 raise errors.MessageTooLargeError(
                     f"the forwarded payload does not fit ring {self.name!r} (at most {self.max_payload} bytes)")
+            if seq == lib.PYSEQ_EWATCH:
+                self._watch()
+                continue
             self._wait_capacity(1, timeout)
 
     def publish_batch(self, msg_type: Any, records: np.ndarray, *, source: int = 0, schema_version: int = 0,
@@ -499,6 +505,9 @@ class Ring(HotWriter):
             while done < count:
                 n = lib.pyseq_writer_try_publish_batch(w, msg_type, schema_version, source, timestamp_ns,
                                                        buf + done * record_length, record_length, count - done)
+                if n == lib.PYSEQ_EWATCH:
+                    self._watch()
+                    continue
                 if n < 0:
                     raise errors.PyseqError(f"publish_batch failed (status {n})")
                 done += n
@@ -526,6 +535,10 @@ class Ring(HotWriter):
                 raise errors.BackPressureError(
                     f"ring {self.name!r} is full: gating reader {blocker} has not consumed the slot "
                     f"the writer needs (waited {timeout} s)")
+
+    def _watch(self) -> None:
+        """Called from a publish once per ``watch_ns`` of the writer (off for a plain ring); a
+        subclass checks what it depends on here (a Client: its sequencer) and raises."""
 
     def _slowest_gating_reader(self) -> str:
         infos = [r for r in self.readers() if r["gating"] and r["state"] == "active"]
@@ -583,14 +596,19 @@ class Ring(HotWriter):
     # ---- reading -------------------------------------------------------------------------------
 
     def reader(self, name: str = "", *, gating: bool = False, start: Start = "earliest",
-               idle: Optional[IdleStrategy] = None) -> "Reader":
+               idle: Optional[IdleStrategy] = None, stale_after: Optional[float] = None) -> "Reader":
         """Register a reader with a cursor in the ring's header.
 
         ``start``: ``"earliest"`` (the oldest message still in the ring), ``"latest"`` (only what
         is published from now on) or a sequence number.  A ``gating`` reader holds the writer back:
         nothing it has not read is overwritten (join it before the writer runs ahead, or start at
         "latest": a gating reader that asks for old messages can be lapped before the writer sees it).
+        ``stale_after`` (seconds): a wait that finds nothing to read and the writer's heartbeat older
+        than this raises :class:`WriterStalledError` (for rings whose writer heartbeats, such as the
+        sequencer's).
         """
+        if stale_after is not None and (not isinstance(stale_after, (int, float)) or stale_after <= 0):
+            raise ValueError(f"stale_after must be a number of seconds > 0 or None, not {stale_after!r}")
         m = self._mapping()
         published = int(lib.pyseq_header_published(m.header))
         if start == "earliest":
@@ -605,7 +623,7 @@ class Ring(HotWriter):
         c = m.cursors + index
         label = (name or f"pid{os.getpid()}")[: lib.PYSEQ_CURSOR_NAME_LENGTH - 1]
         lib.pyseq_cursor_activate(c, next_seq - 1, 1 if gating else 0, os.getpid(), label.encode())
-        r = Reader(self, index, label, gating, next_seq, idle or self.idle)
+        r = Reader(self, index, label, gating, next_seq, idle or self.idle, stale_after)
         if start == "latest":
             # the cursor is visible now (activate ends with a seq_cst fence): start after what the
             # writer published meanwhile, which it may overwrite without seeing this cursor
@@ -652,6 +670,7 @@ class Ring(HotWriter):
             "writer_alive": pid_alive(pid) and int(h.writer_state) == lib.PYSEQ_WRITER_OPEN,
             "writer_state": {0: "none", 1: "open", 2: "closed"}.get(int(h.writer_state), "?"),
             "writer_heartbeat_ns": int(h.writer_heartbeat_ns), "eviction_count": int(h.eviction_count),
+            "full_count": int(h.full_count),
             "created_ns": int(h.created_ns), "readers": self.readers(),
         }
 
@@ -670,7 +689,7 @@ class Ring(HotWriter):
                 "index": i, "name": ffi.string(c.name).decode(errors="replace"), "pid": int(c.pid),
                 "gating": bool(c.gating), "sequence": seq, "lag": max(0, published - seq),
                 "state": {1: "claimed", 2: "active", 3: "evicted"}.get(state, "?"),
-                "heartbeat_ns": int(c.heartbeat_ns), "alive": pid_alive(int(c.pid)),
+                "heartbeat_ns": int(c.heartbeat_ns), "alive": pid_alive(int(c.pid)), "held_count": int(c.held_count),
             })
         return out
 
@@ -678,6 +697,11 @@ class Ring(HotWriter):
     def writer_closed(self) -> bool:
         """True once the writer closed the ring (end of stream)."""
         return int(self._mapping().header.writer_state) == lib.PYSEQ_WRITER_CLOSED
+
+    @property
+    def writer_heartbeat_age(self) -> float:
+        """Seconds since the writer's last heartbeat (it beats on every publish and in its loop)."""
+        return (int(lib.pyseq_clock_realtime_ns()) - int(self._mapping().header.writer_heartbeat_ns)) / 1e9
 
     @property
     def writer_gone(self) -> bool:
@@ -745,7 +769,7 @@ class Reader(HotReader):
     """
 
     def __init__(self, ring: Ring, index: int, name: str, gating: bool, next_seq: int,
-                 idle: IdleStrategy) -> None:
+                 idle: IdleStrategy, stale_after: Optional[float] = None) -> None:
         m = ring._mapping()
         self.ring = ring
         self.index = index
@@ -760,8 +784,9 @@ class Reader(HotReader):
         self._buf_len = ring.slot_size
         self._mv = memoryview(ffi.buffer(self._buf))
         self._closed = False
-        self._bind(address(self._c), address(self._buf), ring.slot_size, address(self._idle_c), Message,
-                   (self._c, self._buf, self._idle_c))
+        self.stale_after = stale_after
+        self._bind(address(self._c), address(self._buf), ring.slot_size, address(self._idle_c),
+                   int(stale_after * 1e9) if stale_after else 0, Message, (self._c, self._buf, self._idle_c))
 
     @property
     def next_sequence(self) -> int:
@@ -789,6 +814,8 @@ class Reader(HotReader):
                     return status
                 if status == 0:
                     self._raise(lib.PYSEQ_EEND)
+            elif self.stale_after and self.ring.writer_heartbeat_age > self.stale_after:
+                self._raise(lib.PYSEQ_ESTALE)
             else:
                 raise errors.TimeoutError(
                     f"no message on ring {self.ring.name!r} at sequence {self.next_sequence} within {timeout} s")
@@ -902,6 +929,10 @@ class Reader(HotReader):
             raise errors.EndOfStreamError(
                 f"ring {self.ring.name!r}: its writer is gone and every message up to sequence "
                 f"{self.next_sequence - 1} was read")
+        if status == lib.PYSEQ_ESTALE:
+            raise errors.WriterStalledError(
+                f"ring {self.ring.name!r}: its writer (pid {self.ring.info()['writer_pid']}) is alive but its "
+                f"heartbeat is {self.ring.writer_heartbeat_age:.2f} s old (stale after {self.stale_after} s)")
         if status == lib.PYSEQ_EINVAL:
             raise ValueError("invalid argument to the ring's C core")
         raise errors.PyseqError(f"ring {self.ring.name!r}: unexpected status {status}")

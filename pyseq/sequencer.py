@@ -1,0 +1,287 @@
+"""Sequencer: the one writer of a sequenced ring, fed by every client's own inbound ring.
+
+Each client (``pyseq.Client``) writes only its inbound ring ``<ring>.in.<client>``; the sequencer
+finds those rings in /dev/shm, joins each as a gating reader, and its C loop (csrc/sequencer.c)
+moves messages from them into the sequenced ring in rounds, with the GIL released: every message
+gets the next sequence number, the sequencing time and the client's source id.  A per-client
+token bucket (rate and burst, from :class:`Limits`) decides how many messages a client may have
+moved per round; what it may not stays in its own ring, which back-pressures that client only.
+
+Between slices of the C loop, Python does the housekeeping: new clients, clients whose process
+died (their ring is drained, then removed), the stop request.  ``stop()`` (or SIGTERM/SIGINT in
+``pyseq sequencer``) drains the inbound rings, publishes an END_OF_STREAM message and closes the
+ring, so readers see the end of the stream.
+
+System messages (message types from 0xFF00) are sequenced like any other, so every replica sees
+the same facts at the same sequence: CLIENT_JOINED and CLIENT_LEFT (payload: the client's name,
+source: its source id) and END_OF_STREAM.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import logging
+import os
+import time
+import zlib
+from typing import Any, Mapping, Optional
+
+from . import errors
+from ._native import ffi, lib
+from .idle import IdleStrategy, default_idle
+from .ring import SHM_PREFIX, Reader, Ring, validate_name
+
+log = logging.getLogger("pyseq.sequencer")
+
+SYSTEM_FIRST = 0xFF00
+CLIENT_JOINED = 0xFF01
+CLIENT_LEFT = 0xFF02
+END_OF_STREAM = 0xFFFF
+SEQUENCER_CURSOR = "sequencer"  # the name of the sequencer's cursor in every inbound ring
+SHM_DIR = "/dev/shm"
+
+
+def inbound_name(ring: str, client: str) -> str:
+    """The name of the inbound ring of ``client`` on ``ring``."""
+    return f"{ring}.in.{client}"
+
+
+def source_id(client: str) -> int:
+    """The source id stamped on a client's messages: the CRC-32 of its name, stable across restarts."""
+    return zlib.crc32(client.encode()) or 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Limit:
+    """One client's protection: ``rate`` messages per second (0: unlimited) with bursts of ``burst``,
+    and an inbound ring of ``capacity`` slots."""
+
+    rate: float = 0.0
+    burst: int = 1024
+    capacity: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.rate < 0 or self.burst < 1:
+            raise ValueError(f"rate must be >= 0 and burst >= 1: {self}")
+        if self.capacity < 2 or self.capacity & (self.capacity - 1):
+            raise ValueError(f"capacity must be a power of two >= 2: {self}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Per-client limits by client name, with a default for every other client."""
+
+    default: Limit = Limit()
+    clients: Mapping[str, Limit] = dataclasses.field(default_factory=dict)
+
+    def for_client(self, name: str) -> Limit:
+        return self.clients.get(name, self.default)
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> "Limits":
+        """``{"default": {"rate": .., "burst": .., "capacity": ..}, "clients": {"name": {...}}}``."""
+        unknown = set(data) - {"default", "clients"}
+        if unknown:
+            raise ValueError(f"unknown keys in the limits: {sorted(unknown)}")
+        default = Limit(**data.get("default", {}))
+        clients = {name: dataclasses.replace(default, **v) for name, v in data.get("clients", {}).items()}
+        return cls(default, clients)
+
+    @classmethod
+    def from_file(cls, path: str) -> "Limits":
+        """Limits from a JSON file, or a TOML file (Python >= 3.11), of the shape of from_mapping."""
+        with open(path, "rb") as f:
+            raw = f.read()
+        if path.endswith(".toml"):
+            import tomllib  # Python >= 3.11
+
+            return cls.from_mapping(tomllib.loads(raw.decode()))
+        return cls.from_mapping(json.loads(raw))
+
+
+@dataclasses.dataclass
+class _Client:
+    name: str
+    index: int
+    source: int
+    ring: Ring
+    reader: Reader
+
+
+class Sequencer:
+    """The sequencer of ring ``ring``: create it, then :meth:`run` (or :meth:`step` from a loop of
+    your own), and :meth:`stop` from a signal handler or another thread."""
+
+    def __init__(self, ring: str, *, capacity: int = 65536, slot_size: int = 128, limits: Optional[Limits] = None,
+                 max_clients: int = 64, batch: int = 256, max_readers: int = 16, first_sequence: int = 1,
+                 idle: Optional[IdleStrategy] = None, slice_s: float = 0.01, scan_interval_s: float = 0.05) -> None:
+        validate_name(ring)
+        validate_name(inbound_name(ring, "x"))
+        if not 1 <= max_clients <= 4096 or not 1 <= batch <= 1 << 20:
+            raise ValueError(f"max_clients must be 1..4096 and batch 1..2**20, not {max_clients}, {batch}")
+        self.name = ring
+        self.limits = limits or Limits()
+        self.idle = idle or default_idle()
+        self.slice_ns = int(slice_s * 1e9)
+        self.scan_interval_s = scan_interval_s
+        self.ring = Ring.create(ring, capacity, slot_size, max_readers=max_readers, first_sequence=first_sequence,
+                                idle=self.idle)
+        self._entries = ffi.new("pyseq_inbound_t[]", max_clients)
+        self._scratch = ffi.new("uint8_t[]", slot_size)
+        self._state = ffi.new("pyseq_sequencer_t *")
+        self._state.out = self.ring._w
+        self._state.inbound = self._entries
+        self._state.count = 0
+        self._state.batch_limit = batch
+        self._state.scratch = self._scratch
+        self._state.scratch_length = slot_size
+        self.max_clients = max_clients
+        self.clients: dict[str, _Client] = {}
+        self._ignored: set[str] = set()
+        self._stop = False
+        self._last_scan = 0.0
+        self.closed = False
+
+    # ---- the loop ------------------------------------------------------------------------------
+
+    def run(self, duration: Optional[float] = None) -> None:
+        """Sequence until :meth:`stop` (or ``duration`` seconds), then drain and close."""
+        end = None if duration is None else time.monotonic() + duration
+        try:
+            while not self._stop and (end is None or time.monotonic() < end):
+                self.step()
+        finally:
+            self.close()
+
+    def step(self) -> int:
+        """One slice of the C loop (GIL released), then housekeeping; the messages moved."""
+        if self.closed:
+            raise errors.RingClosedError(f"sequencer {self.name!r} is closed")
+        now = time.monotonic()
+        if now - self._last_scan >= self.scan_interval_s:
+            self._last_scan = now
+            self._housekeeping()
+        return int(lib.pyseq_sequencer_run(self._state, self.slice_ns, self.idle._c))
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to finish: safe from a signal handler or another thread."""
+        self._stop = True
+
+    def close(self, drain_timeout: float = 5.0) -> None:
+        """Drain every inbound ring (up to ``drain_timeout`` s), publish END_OF_STREAM, close the ring."""
+        if self.closed:
+            return
+        deadline = time.monotonic() + drain_timeout
+        try:
+            self._housekeeping(join=False)
+        except Exception:
+            log.exception("sequencer %r: housekeeping failed while closing", self.name)
+        while self.pending() and time.monotonic() < deadline:
+            if lib.pyseq_sequencer_round(self._state) == 0:
+                time.sleep(0.0005)
+        left = self.pending()
+        if left:
+            log.warning("sequencer %r: %d messages still in inbound rings at shutdown", self.name, left)
+        self.ring.publish(END_OF_STREAM, b"", timeout=drain_timeout)
+        for client in list(self.clients.values()):
+            client.reader.close()
+            client.ring.close()
+        self.clients.clear()
+        self.ring.close()
+        self.closed = True
+
+    def __enter__(self) -> "Sequencer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- clients -------------------------------------------------------------------------------
+
+    def pending(self) -> int:
+        """Messages waiting in the inbound rings."""
+        return sum(int(lib.pyseq_inbound_pending(self._entries + c.index)) for c in self.clients.values())
+
+    def stats(self) -> dict[str, Any]:
+        """Counts per client (submitted, sequenced, deferred by the rate limit) and for the loop."""
+        out = {}
+        for c in self.clients.values():
+            e = self._entries[c.index]
+            out[c.name] = {"source": c.source, "submitted": c.ring.published_sequence,
+                           "sequenced": int(e.sequenced), "deferred": int(e.deferred),
+                           "pending": int(lib.pyseq_inbound_pending(self._entries + c.index))}
+        return {"clients": out, "rounds": int(self._state.rounds), "idle_rounds": int(self._state.idle_rounds),
+                "out_full": int(self._state.out_full), "published_sequence": self.ring.published_sequence}
+
+    def _housekeeping(self, join: bool = True) -> None:
+        if join:
+            for path in glob.glob(SHM_DIR + SHM_PREFIX + glob.escape(inbound_name(self.name, "")) + "*"):
+                name = os.path.basename(path)[len(SHM_PREFIX) - 1 + len(inbound_name(self.name, "")):]
+                if name not in self.clients and name not in self._ignored:
+                    self._join(name)
+        for client in list(self.clients.values()):
+            entry = self._entries + client.index
+            if entry.status < 0:
+                log.error("sequencer %r: client %r's inbound ring returned status %d; dropping it",
+                          self.name, client.name, int(entry.status))
+                self._leave(client)
+            elif client.ring.writer_gone and lib.pyseq_inbound_pending(entry) == 0:
+                self._leave(client)
+
+    def _join(self, name: str) -> None:
+        try:
+            ring = Ring.attach(inbound_name(self.name, name))
+        except (errors.RingNotFoundError, errors.RingNotReadyError):
+            return  # removed meanwhile, or still being created: the next scan sees it
+        except errors.PyseqError as e:
+            log.error("sequencer %r: ignoring inbound ring of %r: %s", self.name, name, e)
+            self._ignored.add(name)
+            return
+        source = source_id(name)
+        problem = None
+        if ring.slot_size != self.ring.slot_size:
+            problem = f"slot size {ring.slot_size}, the sequenced ring's is {self.ring.slot_size}"
+        elif ring.writer_gone and ring.published_sequence < ring.first_sequence:
+            problem = "its writer is gone and it holds nothing"
+        elif any(c.source == source for c in self.clients.values()):
+            problem = f"its source id {source} is already taken"
+        free = [i for i in range(self.max_clients) if not self._entries[i].active]
+        if problem is None and not free:
+            problem = f"the sequencer's {self.max_clients} client entries are all in use"
+        if problem:
+            log.error("sequencer %r: not taking client %r: %s", self.name, name, problem)
+            if ring.writer_gone:
+                Ring.remove(ring.name)
+            else:
+                self._ignored.add(name)
+            ring.close()
+            return
+        reader = ring.reader(SEQUENCER_CURSOR, gating=True, start="earliest")
+        index = free[0]
+        limit = self.limits.for_client(name)
+        entry = self._entries[index]
+        entry.reader = reader._c[0]  # the C loop reads with a copy; the Reader object holds the cursor
+        entry.source = source
+        entry.rate_per_s = int(limit.rate)
+        entry.burst = limit.burst
+        entry.tokens = limit.burst * lib.PYSEQ_NANO_TOKENS
+        entry.refilled_ns = lib.pyseq_clock_realtime_ns()
+        entry.sequenced = entry.deferred = 0
+        entry.status = 0
+        entry.active = 1
+        self._state.count = max(int(self._state.count), index + 1)
+        self.clients[name] = _Client(name, index, source, ring, reader)
+        self.ring.publish(CLIENT_JOINED, name.encode(), source=source)
+        log.info("sequencer %r: client %r joined (source %d)", self.name, name, source)
+
+    def _leave(self, client: _Client) -> None:
+        self._entries[client.index].active = 0
+        del self.clients[client.name]
+        self.ring.publish(CLIENT_LEFT, client.name.encode(), source=client.source)
+        client.reader.close()
+        try:
+            client.ring.unlink()
+        finally:
+            client.ring.close()
+        log.info("sequencer %r: client %r left; its inbound ring is removed", self.name, client.name)
