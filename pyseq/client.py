@@ -10,6 +10,7 @@ the sequencer is alive and raises :class:`SequencerStoppedError` if it is not.
 """
 from __future__ import annotations
 
+import json
 import re
 import time
 from typing import Any, Optional
@@ -17,7 +18,7 @@ from typing import Any, Optional
 from . import errors
 from .idle import IdleStrategy
 from .ring import Ring
-from .sequencer import SEQUENCER_CURSOR, inbound_name, source_id
+from .sequencer import SEQUENCER_CURSOR, Limits, inbound_name, limits_path, source_id
 
 CLIENT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
 
@@ -40,9 +41,9 @@ class Client(Ring):
                 stale_after: float = 2.0, watch_interval: float = 0.1,
                 idle: Optional[IdleStrategy] = None) -> "Client":
         """Create this client's inbound ring on the sequenced ring ``ring`` and wait (up to
-        ``timeout`` s) until the sequencer has joined it.  ``capacity`` defaults to the sequencer's
-        configured inbound capacity (4096).  ``stale_after``: a sequencer whose heartbeat is older
-        counts as stopped."""
+        ``timeout`` s) until the sequencer has joined it.  ``capacity`` defaults to the inbound
+        capacity the sequencer's limits give this client name.  ``stale_after``: a sequencer whose
+        heartbeat is older counts as stopped."""
         if not isinstance(client_name, str) or not CLIENT_NAME.fullmatch(client_name):
             raise errors.RingNameError(
                 f"client name {client_name!r} may hold only letters, digits, '_' and '-'")
@@ -54,8 +55,14 @@ class Client(Ring):
         try:
             if sequenced.writer_gone:
                 raise errors.SequencerNotRunningError(f"the sequencer of ring {ring!r} is not running")
+            if capacity is None:
+                try:
+                    with open(limits_path(ring)) as f:
+                        capacity = Limits.from_mapping(json.load(f)).for_client(client_name).capacity
+                except (OSError, ValueError, TypeError):
+                    capacity = Limits().default.capacity
             try:
-                client = cls.create(name, capacity or 4096, sequenced.slot_size, max_readers=2, idle=idle,
+                client = cls.create(name, capacity, sequenced.slot_size, max_readers=2, idle=idle,
                                     reader_timeout=1e9)
             except errors.RingExistsError as e:
                 raise errors.ClientNameInUseError(

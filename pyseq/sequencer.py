@@ -47,6 +47,11 @@ def inbound_name(ring: str, client: str) -> str:
     return f"{ring}.in.{client}"
 
 
+def limits_path(ring: str) -> str:
+    """Where a running sequencer publishes its limits (JSON), so clients size their inbound rings."""
+    return f"{SHM_DIR}{SHM_PREFIX}{ring}.limits.json"
+
+
 def source_id(client: str) -> int:
     """The source id stamped on a client's messages: the CRC-32 of its name, stable across restarts."""
     return zlib.crc32(client.encode()) or 1
@@ -77,6 +82,10 @@ class Limits:
 
     def for_client(self, name: str) -> Limit:
         return self.clients.get(name, self.default)
+
+    def to_mapping(self) -> dict[str, Any]:
+        return {"default": dataclasses.asdict(self.default),
+                "clients": {name: dataclasses.asdict(v) for name, v in self.clients.items()}}
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> "Limits":
@@ -127,6 +136,11 @@ class Sequencer:
         self.scan_interval_s = scan_interval_s
         self.ring = Ring.create(ring, capacity, slot_size, max_readers=max_readers, first_sequence=first_sequence,
                                 idle=self.idle)
+        self._limits_file = limits_path(ring)
+        tmp = f"{self._limits_file}.{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(self.limits.to_mapping(), f)
+        os.replace(tmp, self._limits_file)
         self._entries = ffi.new("pyseq_inbound_t[]", max_clients)
         self._scratch = ffi.new("uint8_t[]", slot_size)
         self._state = ffi.new("pyseq_sequencer_t *")
@@ -189,6 +203,10 @@ class Sequencer:
             client.ring.close()
         self.clients.clear()
         self.ring.close()
+        try:
+            os.unlink(self._limits_file)
+        except FileNotFoundError:
+            pass
         self.closed = True
 
     def __enter__(self) -> "Sequencer":
