@@ -62,6 +62,17 @@ static int as_u64_range(PyObject *o, long long lo, long long hi, long long *out)
     return !overflow && !(*out == -1 && PyErr_Occurred()) && *out >= lo && *out <= hi;
 }
 
+/* The writer's watch interval passed (PYSEQ_EWATCH): run self._watch(), which raises if what the
+ * writer depends on is gone; 0 on success, -1 with the exception set. */
+static int run_watch(PyObject *self)
+{
+    PyObject *r = PyObject_CallMethod(self, "_watch", NULL);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
 /* True for a float or int >= 0 (a valid timeout); never leaves an exception set. */
 static int nonnegative_number(PyObject *o)
 {
@@ -165,6 +176,14 @@ static PyObject *hotwriter_publish(HotWriter *self, PyObject *const *args, size_
             goto slow;
         seq = pyseq_writer_try_publish(self->writer, (uint16_t)msg_type, (uint16_t)version, (uint32_t)source, ts,
                                        PyBytes_AS_STRING(payload), (uint32_t)n);
+        if (seq == PYSEQ_EWATCH) {
+            if (run_watch((PyObject *)self) < 0)
+                return NULL;
+            if (self->writer == NULL)
+                goto slow;
+            seq = pyseq_writer_try_publish(self->writer, (uint16_t)msg_type, (uint16_t)version, (uint32_t)source,
+                                           ts, PyBytes_AS_STRING(payload), (uint32_t)n);
+        }
     } else {
         Py_buffer view;
         if (!PyObject_CheckBuffer(payload) || PyObject_GetBuffer(payload, &view, PyBUF_C_CONTIGUOUS) < 0) {
@@ -175,6 +194,10 @@ static PyObject *hotwriter_publish(HotWriter *self, PyObject *const *args, size_
               : pyseq_writer_try_publish(self->writer, (uint16_t)msg_type, (uint16_t)version, (uint32_t)source,
                                          ts, view.buf, (uint32_t)view.len);
         PyBuffer_Release(&view);
+        if (seq == PYSEQ_EWATCH) { /* the slow path publishes it, after its own watch */
+            if (run_watch((PyObject *)self) < 0)
+                return NULL;
+        }
     }
     if (seq > 0)
         return PyLong_FromLongLong(seq);
@@ -345,7 +368,7 @@ static int64_t read_waiting(HotReader *self, long long timeout_ns, int *interrup
             seq = pyseq_reader_poll(self->reader, self->buf, self->buf_length); /* the last word */
             return seq != PYSEQ_EMPTY ? seq : PYSEQ_EEND;
         }
-        if (self->stale_ns > 0 && pyseq_clock_realtime_ns() - h->writer_heartbeat_ns > self->stale_ns)
+        if (self->stale_ns > 0 && pyseq_clock_realtime_ns() - pyseq_header_heartbeat(h) > self->stale_ns)
             return PYSEQ_ESTALE;
     }
 }
@@ -438,6 +461,8 @@ static PyObject *hotwriter_forward(HotWriter *self, PyObject *const *args, size_
             int64_t seq = pyseq_writer_try_forward(self->writer, r->buf, 0);
             if (seq > 0)
                 return PyLong_FromLongLong(seq);
+            if (seq == PYSEQ_EWATCH && run_watch((PyObject *)self) < 0)
+                return NULL;
         }
     }
     return call_slow((PyObject *)self, "_forward_slow", args, nargs, kwnames);

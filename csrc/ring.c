@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/types.h>
 #include <time.h>
@@ -480,12 +481,34 @@ int64_t pyseq_header_published(const pyseq_ring_header_t *header)
     return pyseq_load_acquire(&header->published_sequence);
 }
 
+/* 1 if process `pid` has ended: gone, or a zombie its parent has not reaped yet (cold path). */
+int pyseq_process_ended(int64_t pid)
+{
+    if (kill(pid, 0) != 0)
+        return errno == ESRCH;
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return 0; /* no /proc: trust kill() */
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *close_paren = strrchr(buf, ')'); /* "pid (comm) S ..." - comm may hold spaces */
+    return close_paren != NULL && close_paren[1] == ' ' && (close_paren[2] == 'Z' || close_paren[2] == 'X');
+}
+
 int pyseq_header_writer_gone(const pyseq_ring_header_t *header)
 {
     if (pyseq_load_acquire_u32(&header->writer_state) == PYSEQ_WRITER_CLOSED)
         return 1;
     pid_t pid = (pid_t)header->writer_pid;
-    return pid > 0 && kill(pid, 0) != 0 && errno == ESRCH;
+    return pid > 0 && pyseq_process_ended(pid);
+}
+
+int64_t pyseq_header_heartbeat(const pyseq_ring_header_t *header)
+{
+    return pyseq_load_relaxed(&header->writer_heartbeat_ns);
 }
 
 uint32_t pyseq_header_layout_version(const pyseq_ring_header_t *header)

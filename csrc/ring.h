@@ -104,6 +104,9 @@ int64_t pyseq_cursor_sequence(const pyseq_cursor_t *cursor);
 int64_t pyseq_header_published(const pyseq_ring_header_t *header);
 /* 1 if the writer closed the ring or its process no longer exists */
 int pyseq_header_writer_gone(const pyseq_ring_header_t *header);
+int64_t pyseq_header_heartbeat(const pyseq_ring_header_t *header);
+/* 1 if the process has ended: gone, or a zombie not reaped yet (reads /proc: cold path only) */
+int pyseq_process_ended(int64_t pid);
 uint32_t pyseq_header_layout_version(const pyseq_ring_header_t *header);
 
 #endif /* PYSEQ_RING_H */

@@ -86,8 +86,13 @@
  *   |                     journaled_sequence                        | 384  own line: last sequence
  *   |                                                               |      on disk (the journaler)
  *   +---------------------------------------------------------------+
- *   |                   reserved, zero, to 4096                     | 392
+ *   |                   reserved, zero, to 1024                     | 392
  *   +---------------------------------------------------------------+
+ *   |                     notes[3072]                               | 1024 the writer's notes: UTF-8,
+ *   ...                                                           ...     NUL-terminated; written once
+ *   +---------------------------------------------------------------+     before anyone depends on them
+ *                                                                         (the sequencer: its client
+ *                                                                         limits, as JSON)
  *
  * A cursor (pyseq_cursor_t, 128 bytes, one per reader, each on its own pair of cache lines)
  * ========================================================================================
@@ -201,6 +206,8 @@
 #define PYSEQ_RING_CURSORS_OFFSET PYSEQ_RING_HEADER_LENGTH
 #define PYSEQ_RING_NAME_LENGTH 56
 #define PYSEQ_CURSOR_NAME_LENGTH 32
+#define PYSEQ_RING_NOTES_OFFSET 1024
+#define PYSEQ_RING_NOTES_LENGTH (PYSEQ_RING_HEADER_LENGTH - PYSEQ_RING_NOTES_OFFSET)
 #define PYSEQ_FRAME_LENGTH 32
 #define PYSEQ_SLOT_ALIGN 64
 
@@ -242,7 +249,9 @@ typedef struct pyseq_ring_header_s {
     uint8_t pad_published[PYSEQ_PADDED_LINE - sizeof(int64_t)];
     /* journaled position: the journaler only, store-release after the write (or fsync) */
     int64_t journaled_sequence;
-    uint8_t pad_journaled[PYSEQ_RING_HEADER_LENGTH - 3 * PYSEQ_PADDED_LINE - sizeof(int64_t)];
+    uint8_t pad_journaled[PYSEQ_RING_NOTES_OFFSET - 3 * PYSEQ_PADDED_LINE - sizeof(int64_t)];
+    /* the writer's notes: written by the writer, read by anyone */
+    char notes[PYSEQ_RING_NOTES_LENGTH];
 } pyseq_ring_header_t;
 
 typedef struct pyseq_cursor_s {
@@ -285,6 +294,7 @@ _Static_assert(offsetof(pyseq_ring_header_t, writer_state) == 152, "writer_state
 _Static_assert(offsetof(pyseq_ring_header_t, full_count) == 160, "full_count");
 _Static_assert(offsetof(pyseq_ring_header_t, published_sequence) == 256, "published_sequence");
 _Static_assert(offsetof(pyseq_ring_header_t, journaled_sequence) == 384, "journaled_sequence");
+_Static_assert(offsetof(pyseq_ring_header_t, notes) == 1024, "notes");
 _Static_assert(sizeof(pyseq_ring_header_t) == PYSEQ_RING_HEADER_LENGTH, "header is one page");
 
 _Static_assert(offsetof(pyseq_cursor_t, sequence) == 0, "cursor.sequence");

@@ -59,9 +59,17 @@ int64_t pyseq_sequencer_round(pyseq_sequencer_t *seq)
         int64_t allowed = tokens_allowed(in, now);
         int64_t n = pending < (int64_t)seq->batch_limit ? pending : (int64_t)seq->batch_limit;
         if (allowed < n) {
-            in->deferred++;
-            if (in->reader.cursor)
-                pyseq_store_relaxed((int64_t *)&in->reader.cursor->held_count, (int64_t)in->deferred);
+            /* messages from next + allowed to the last published wait: count the new ones once */
+            int64_t last = in->reader.next_sequence + pending - 1;
+            int64_t from = in->reader.next_sequence + allowed;
+            if (from <= in->deferred_upto)
+                from = in->deferred_upto + 1;
+            if (last >= from) {
+                in->deferred += (uint64_t)(last - from + 1);
+                in->deferred_upto = last;
+                if (in->reader.cursor)
+                    pyseq_store_relaxed((int64_t *)&in->reader.cursor->held_count, (int64_t)in->deferred);
+            }
             n = allowed;
         }
         int64_t room = out_room(seq->out);

@@ -30,7 +30,8 @@ typedef struct pyseq_inbound_s {
     int64_t tokens;         /* in nano-tokens (PYSEQ_NANO_TOKENS per message) */
     int64_t refilled_ns;    /* time of the last refill */
     uint64_t sequenced;     /* messages moved into the sequenced ring */
-    uint64_t deferred;      /* rounds in which the rate limit left messages waiting */
+    uint64_t deferred;      /* messages the rate limit left waiting at least once (each counted once) */
+    int64_t deferred_upto;  /* the highest inbound sequence counted in deferred */
     int64_t status;         /* last negative status from the inbound ring (a lap: never expected) */
 } pyseq_inbound_t;
 

@@ -10,7 +10,6 @@ the sequencer is alive and raises :class:`SequencerStoppedError` if it is not.
 """
 from __future__ import annotations
 
-import json
 import re
 import time
 from typing import Any, Optional
@@ -18,7 +17,7 @@ from typing import Any, Optional
 from . import errors
 from .idle import IdleStrategy
 from .ring import Ring
-from .sequencer import SEQUENCER_CURSOR, Limits, inbound_name, limits_path, source_id
+from .sequencer import SEQUENCER_CURSOR, inbound_name, running_limits, source_id, validate_sequenced_name
 
 CLIENT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
 
@@ -47,6 +46,7 @@ class Client(Ring):
         if not isinstance(client_name, str) or not CLIENT_NAME.fullmatch(client_name):
             raise errors.RingNameError(
                 f"client name {client_name!r} may hold only letters, digits, '_' and '-'")
+        validate_sequenced_name(ring)
         name = inbound_name(ring, client_name)
         try:
             sequenced = Ring.attach(ring)
@@ -56,11 +56,7 @@ class Client(Ring):
             if sequenced.writer_gone:
                 raise errors.SequencerNotRunningError(f"the sequencer of ring {ring!r} is not running")
             if capacity is None:
-                try:
-                    with open(limits_path(ring)) as f:
-                        capacity = Limits.from_mapping(json.load(f)).for_client(client_name).capacity
-                except (OSError, ValueError, TypeError):
-                    capacity = Limits().default.capacity
+                capacity = running_limits(sequenced).for_client(client_name).capacity
             try:
                 client = cls.create(name, capacity, sequenced.slot_size, max_readers=2, idle=idle,
                                     reader_timeout=1e9)

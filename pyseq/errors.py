@@ -6,6 +6,8 @@ that builtin too, so ``except TimeoutError`` works as a user would expect.
 """
 from __future__ import annotations
 
+import builtins
+
 
 class PyseqError(Exception):
     """Base of every pyseq error."""
@@ -97,7 +99,7 @@ class MessageTooLargeError(PyseqError, ValueError):
     """A payload longer than the ring's slot can hold (slot_size - frame header)."""
 
 
-class TimeoutError(PyseqError, TimeoutError):  # noqa: A001 - deliberately shadows the builtin
+class TimeoutError(PyseqError, builtins.TimeoutError):  # noqa: A001 - deliberately shadows the builtin
     """A blocking call waited its whole timeout."""
 
 

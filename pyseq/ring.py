@@ -16,10 +16,9 @@ import os
 import re
 import time
 import weakref
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Iterator, NoReturn, Optional, Union
 
 import numpy as np
-import psutil
 
 from . import errors
 from ._native import HotReader, HotWriter, address, ffi, lib
@@ -59,21 +58,10 @@ def shm_path(name: str) -> str:
 
 
 def pid_alive(pid: int) -> bool:
-    """True if a process with this pid exists and is not a zombie."""
+    """True if a process with this pid exists and is not a zombie (kill(pid, 0) and /proc, in C)."""
     if pid <= 0:
         return False
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # alive, owned by another user
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
+    return pid == os.getpid() or not lib.pyseq_process_ended(pid)
 
 
 def _timeout_ns(timeout: Optional[float]) -> int:
@@ -168,7 +156,6 @@ class Ring(HotWriter):
             lib.pyseq_writer_init(self._w, h, mapping.cursors_ptr, mapping.slots_ptr)
             self._bind(address(self._w), self._w)
             self._gating_seen: dict[int, tuple[int, float]] = {}
-            self._last_gating_check = 0.0
 
     # ---- opening ------------------------------------------------------------------------------
 
@@ -528,9 +515,12 @@ class Ring(HotWriter):
         while True:
             if lib.pyseq_writer_wait_capacity(w, count, _slice_ns(deadline), idle):
                 return
+            now = time.monotonic()
             if self._evict_stuck_readers(count):
                 continue
-            if deadline is not None and time.monotonic() >= deadline:
+            if deadline is not None and now >= deadline:
+                if timeout == 0:
+                    raise errors.BackPressureError(f"ring {self.name!r} is full")
                 blocker = self._slowest_gating_reader()
                 raise errors.BackPressureError(
                     f"ring {self.name!r} is full: gating reader {blocker} has not consumed the slot "
@@ -699,6 +689,18 @@ class Ring(HotWriter):
         return int(self._mapping().header.writer_state) == lib.PYSEQ_WRITER_CLOSED
 
     @property
+    def notes(self) -> str:
+        """The writer's notes in the header (a sequencer: its client limits as JSON); "" if none."""
+        return ffi.string(self._mapping().header.notes).decode(errors="replace")
+
+    def _write_notes(self, text: str) -> None:
+        data = text.encode()
+        if len(data) >= lib.PYSEQ_RING_NOTES_LENGTH:
+            raise ValueError(f"notes of {len(data)} bytes; the header holds {lib.PYSEQ_RING_NOTES_LENGTH - 1}")
+        notes = self._writer() and self._mapping().header.notes
+        ffi.memmove(notes, data + b"\0", len(data) + 1)
+
+    @property
     def writer_heartbeat_age(self) -> float:
         """Seconds since the writer's last heartbeat (it beats on every publish and in its loop)."""
         return (int(lib.pyseq_clock_realtime_ns()) - int(self._mapping().header.writer_heartbeat_ns)) / 1e9
@@ -861,6 +863,9 @@ class Reader(HotReader):
                     if n == 0:
                         n = lib.PYSEQ_EEND
                     break
+                if self.stale_after and self.ring.writer_heartbeat_age > self.stale_after:
+                    n = lib.PYSEQ_ESTALE
+                    break
                 if deadline is not None and time.monotonic() >= deadline:
                     break
                 self._check_open()
@@ -915,7 +920,7 @@ class Reader(HotReader):
         if self._closed or self.ring.closed:
             raise errors.RingClosedError(f"reader {self.name!r} of ring {self.ring.name!r} is closed")
 
-    def _raise(self, status: int) -> None:
+    def _raise(self, status: int) -> NoReturn:
         self._check_open()
         if status == lib.PYSEQ_ELAPPED:
             first = self.next_sequence
@@ -937,13 +942,15 @@ class Reader(HotReader):
             raise ValueError("invalid argument to the ring's C core")
         raise errors.PyseqError(f"ring {self.ring.name!r}: unexpected status {status}")
 
-    def close(self) -> None:
-        """Give the cursor back (a gating reader stops holding the writer)."""
+    def close(self, release: bool = True) -> None:
+        """Give the cursor back (a gating reader stops holding the writer).  ``release=False`` leaves
+        the cursor where it is, holding its position, for a successor to take over (the sequencer
+        does this with its cursors in the clients' rings)."""
         if self._closed:
             return
         self._closed = True
         self._unbind()
-        if not self.ring.closed:
+        if release and not self.ring.closed:
             lib.pyseq_cursor_release(self._cursor)
         self.ring._release_reader(self)
 

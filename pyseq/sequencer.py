@@ -22,6 +22,7 @@ import dataclasses
 import glob
 import json
 import logging
+import math
 import os
 import time
 import zlib
@@ -40,16 +41,35 @@ CLIENT_LEFT = 0xFF02
 END_OF_STREAM = 0xFFFF
 SEQUENCER_CURSOR = "sequencer"  # the name of the sequencer's cursor in every inbound ring
 SHM_DIR = "/dev/shm"
+INBOUND_INFIX = ".in."
 
 
 def inbound_name(ring: str, client: str) -> str:
     """The name of the inbound ring of ``client`` on ``ring``."""
-    return f"{ring}.in.{client}"
+    return f"{ring}{INBOUND_INFIX}{client}"
 
 
-def limits_path(ring: str) -> str:
-    """Where a running sequencer publishes its limits (JSON), so clients size their inbound rings."""
-    return f"{SHM_DIR}{SHM_PREFIX}{ring}.limits.json"
+def validate_sequenced_name(ring: str) -> str:
+    """A sequenced ring's name: a ring name without ".in." (that marks inbound rings)."""
+    validate_name(ring)
+    if INBOUND_INFIX in ring:
+        raise errors.RingNameError(f"a sequenced ring's name cannot contain {INBOUND_INFIX!r}: {ring!r}")
+    validate_name(inbound_name(ring, "x"))
+    return ring
+
+
+def inbound_clients(ring: str) -> list[str]:
+    """The clients that have an inbound ring on the sequenced ring ``ring`` now."""
+    prefix = SHM_DIR + SHM_PREFIX + inbound_name(ring, "")
+    return sorted(path[len(prefix):] for path in glob.glob(glob.escape(prefix) + "*"))
+
+
+def running_limits(sequenced: Ring) -> "Limits":
+    """The limits a running sequencer wrote into its ring's header notes (defaults if none)."""
+    try:
+        return Limits.from_mapping(json.loads(sequenced.notes or "{}"))
+    except (ValueError, TypeError):
+        return Limits()
 
 
 def source_id(client: str) -> int:
@@ -67,8 +87,13 @@ class Limit:
     capacity: int = 4096
 
     def __post_init__(self) -> None:
-        if self.rate < 0 or self.burst < 1:
-            raise ValueError(f"rate must be >= 0 and burst >= 1: {self}")
+        if not isinstance(self.rate, (int, float)) or isinstance(self.rate, bool) or not math.isfinite(self.rate) \
+                or not (self.rate == 0 or self.rate >= 1):
+            raise ValueError(f"rate must be 0 (unlimited) or a finite number of messages per second >= 1: {self}")
+        if not isinstance(self.burst, int) or isinstance(self.burst, bool) or self.burst < 1:
+            raise ValueError(f"burst must be an int >= 1: {self}")
+        if not isinstance(self.capacity, int) or isinstance(self.capacity, bool):
+            raise ValueError(f"capacity must be an int: {self}")
         if self.capacity < 2 or self.capacity & (self.capacity - 1):
             raise ValueError(f"capacity must be a power of two >= 2: {self}")
 
@@ -124,9 +149,9 @@ class Sequencer:
 
     def __init__(self, ring: str, *, capacity: int = 65536, slot_size: int = 128, limits: Optional[Limits] = None,
                  max_clients: int = 64, batch: int = 256, max_readers: int = 16, first_sequence: int = 1,
-                 idle: Optional[IdleStrategy] = None, slice_s: float = 0.01, scan_interval_s: float = 0.05) -> None:
-        validate_name(ring)
-        validate_name(inbound_name(ring, "x"))
+                 idle: Optional[IdleStrategy] = None, slice_s: float = 0.01, scan_interval_s: float = 0.05,
+                 reader_timeout: float = 10.0) -> None:
+        validate_sequenced_name(ring)
         if not 1 <= max_clients <= 4096 or not 1 <= batch <= 1 << 20:
             raise ValueError(f"max_clients must be 1..4096 and batch 1..2**20, not {max_clients}, {batch}")
         self.name = ring
@@ -135,12 +160,13 @@ class Sequencer:
         self.slice_ns = int(slice_s * 1e9)
         self.scan_interval_s = scan_interval_s
         self.ring = Ring.create(ring, capacity, slot_size, max_readers=max_readers, first_sequence=first_sequence,
-                                idle=self.idle)
-        self._limits_file = limits_path(ring)
-        tmp = f"{self._limits_file}.{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(self.limits.to_mapping(), f)
-        os.replace(tmp, self._limits_file)
+                                idle=self.idle, reader_timeout=reader_timeout)
+        notes = json.dumps(self.limits.to_mapping())
+        if len(notes.encode()) >= lib.PYSEQ_RING_NOTES_LENGTH:
+            log.warning("sequencer %r: per-client limits too long for the ring header; clients will size their "
+                        "inbound rings from the default limit only", ring)
+            notes = json.dumps(Limits(self.limits.default).to_mapping())
+        self.ring._write_notes(notes)
         self._entries = ffi.new("pyseq_inbound_t[]", max_clients)
         self._scratch = ffi.new("uint8_t[]", slot_size)
         self._state = ffi.new("pyseq_sequencer_t *")
@@ -186,28 +212,37 @@ class Sequencer:
         """Drain every inbound ring (up to ``drain_timeout`` s), publish END_OF_STREAM, close the ring."""
         if self.closed:
             return
-        deadline = time.monotonic() + drain_timeout
-        try:
-            self._housekeeping(join=False)
-        except Exception:
-            log.exception("sequencer %r: housekeeping failed while closing", self.name)
-        while self.pending() and time.monotonic() < deadline:
-            if lib.pyseq_sequencer_round(self._state) == 0:
-                time.sleep(0.0005)
-        left = self.pending()
-        if left:
-            log.warning("sequencer %r: %d messages still in inbound rings at shutdown", self.name, left)
-        self.ring.publish(END_OF_STREAM, b"", timeout=drain_timeout)
-        for client in list(self.clients.values()):
-            client.reader.close()
-            client.ring.close()
-        self.clients.clear()
-        self.ring.close()
-        try:
-            os.unlink(self._limits_file)
-        except FileNotFoundError:
-            pass
         self.closed = True
+        try:
+            deadline = time.monotonic() + drain_timeout
+            try:
+                self._housekeeping(join=False)
+            except Exception:
+                log.exception("sequencer %r: housekeeping failed while closing", self.name)
+            # drain what every client had submitted when the stop came, with no rate limit
+            targets = {}
+            for c in self.clients.values():
+                self._entries[c.index].rate_per_s = 0
+                targets[c.index] = c.ring.published_sequence
+            while time.monotonic() < deadline and any(
+                    self._entries[i].reader.next_sequence <= t for i, t in targets.items()):
+                if lib.pyseq_sequencer_round(self._state) == 0:
+                    time.sleep(0.0005)
+            left = sum(max(0, t - int(self._entries[i].reader.next_sequence) + 1) for i, t in targets.items())
+            if left:
+                log.warning("sequencer %r: %d submitted messages not drained at shutdown", self.name, left)
+            for client in list(self.clients.values()):
+                if client.ring.writer_gone and lib.pyseq_inbound_pending(self._entries + client.index) == 0:
+                    self._leave(client)
+            self.ring.publish(END_OF_STREAM, b"", timeout=drain_timeout)
+        finally:
+            for client in list(self.clients.values()):
+                # the cursor stays, at the position reached, for the next sequencer to take over
+                self._sync_cursor(client)
+                client.reader.close(release=False)
+                client.ring.close()
+            self.clients.clear()
+            self.ring.close()
 
     def __enter__(self) -> "Sequencer":
         return self
@@ -233,9 +268,10 @@ class Sequencer:
                 "out_full": int(self._state.out_full), "published_sequence": self.ring.published_sequence}
 
     def _housekeeping(self, join: bool = True) -> None:
+        if not lib.pyseq_writer_wait_capacity(self.ring._w, 1, 0, self.idle._c):
+            self.ring._evict_stuck_readers(1)  # a dead gating reader must not stop the stream
         if join:
-            for path in glob.glob(SHM_DIR + SHM_PREFIX + glob.escape(inbound_name(self.name, "")) + "*"):
-                name = os.path.basename(path)[len(SHM_PREFIX) - 1 + len(inbound_name(self.name, "")):]
+            for name in inbound_clients(self.name):
                 if name not in self.clients and name not in self._ignored:
                     self._join(name)
         for client in list(self.clients.values()):
@@ -275,23 +311,36 @@ class Sequencer:
                 self._ignored.add(name)
             ring.close()
             return
-        reader = ring.reader(SEQUENCER_CURSOR, gating=True, start="earliest")
+        start: Any = "earliest"
+        for old in ring.readers():  # a predecessor's cursor: resume where it stopped
+            if old["name"] == SEQUENCER_CURSOR and old["state"] in ("active", "evicted") and \
+                    (not old["alive"] or old["pid"] == os.getpid()):
+                start = max(ring.first_sequence, old["sequence"] + 1)
+                lib.pyseq_cursor_release(ring._mapping().cursors + old["index"])
+                log.info("sequencer %r: client %r resumes at its sequence %d", self.name, name, start)
+        reader = ring.reader(SEQUENCER_CURSOR, gating=True, start=start)
         index = free[0]
         limit = self.limits.for_client(name)
         entry = self._entries[index]
         entry.reader = reader._c[0]  # the C loop reads with a copy; the Reader object holds the cursor
         entry.source = source
-        entry.rate_per_s = int(limit.rate)
+        entry.rate_per_s = round(limit.rate)
         entry.burst = limit.burst
         entry.tokens = limit.burst * lib.PYSEQ_NANO_TOKENS
         entry.refilled_ns = lib.pyseq_clock_realtime_ns()
         entry.sequenced = entry.deferred = 0
+        entry.deferred_upto = 0
         entry.status = 0
         entry.active = 1
         self._state.count = max(int(self._state.count), index + 1)
         self.clients[name] = _Client(name, index, source, ring, reader)
         self.ring.publish(CLIENT_JOINED, name.encode(), source=source)
         log.info("sequencer %r: client %r joined (source %d)", self.name, name, source)
+
+    def _sync_cursor(self, client: _Client) -> None:
+        """Copy the C loop's position back into the client's Reader (the loop reads with a copy)."""
+        entry = self._entries[client.index]
+        client.reader._c.next_sequence = entry.reader.next_sequence
 
     def _leave(self, client: _Client) -> None:
         self._entries[client.index].active = 0
