@@ -102,3 +102,17 @@ class Children:
         self.results.join_thread()
         if stuck:
             raise AssertionError(f"children {stuck} survived SIGKILL and a {JOIN_TIMEOUT} s join")
+
+
+class Deadline:
+    def __init__(self, seconds: float, what: str) -> None:
+        self.end = time.monotonic() + seconds
+        self.seconds, self.what = seconds, what
+
+    def check(self) -> None:
+        if time.monotonic() > self.end:
+            raise AssertionError(f"{self.what}: not done within {self.seconds} s")
+
+    @property
+    def left(self) -> float:
+        return max(0.0, self.end - time.monotonic())

@@ -341,6 +341,7 @@ def test_a_non_gating_reader_does_not_hold_the_writer(ring_name: str) -> None:
 def test_publish_under_back_pressure_waits_its_timeout_then_names_the_gating_reader(ring_name: str) -> None:
     with pyseq.Ring.create(ring_name, capacity=4, slot_size=64) as ring:
         gate = ring.reader("the-gate", gating=True)  # held, never reads
+        assert gate.gating
         for i in range(4):
             ring.publish(1, b"x")
         t0 = time.monotonic()
@@ -432,6 +433,7 @@ def test_publish_batch_of_a_strided_array_publishes_its_rows(ring_name: str) -> 
 def test_publish_batch_under_back_pressure_says_how_much_was_published(ring_name: str) -> None:
     with pyseq.Ring.create(ring_name, capacity=8, slot_size=64) as ring:
         gate = ring.reader("gate", gating=True)  # held, never reads
+        assert gate.gating
         rows = np.zeros((12, 8), dtype=np.uint8)
         with pytest.raises(pyseq.BackPressureError, match="8 of 12"):
             ring.publish_batch(1, rows, timeout=0.2)
@@ -487,6 +489,7 @@ def test_the_cursor_table_shows_each_reader_and_its_position(ring_name: str) -> 
     with pyseq.Ring.create(ring_name, capacity=8, slot_size=64) as ring:
         a = ring.reader("alpha")
         b = ring.reader("beta", gating=True)
+        assert b.gating and not a.gating
         for _ in range(3):
             ring.publish(1, b"x")
         a.read(timeout=1.0)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import pyseq
-from childproc import Children
+from childproc import Children, Deadline
 
 CAPACITY = 1024
 SLOT = 64        # a 32-byte frame header and a 32-byte payload: the sequence as four little-endian u64
@@ -32,16 +32,6 @@ def payload_of(seq: int) -> bytes:
 def payloads_of(first: int, count: int) -> np.ndarray:
     seqs = np.arange(first, first + count, dtype="<u8")
     return np.repeat(seqs[:, None], 4, axis=1).view(np.uint8)  # (count, 32)
-
-
-class Deadline:
-    def __init__(self, seconds: float, what: str) -> None:
-        self.end = time.monotonic() + seconds
-        self.seconds, self.what = seconds, what
-
-    def check(self) -> None:
-        if time.monotonic() > self.end:
-            raise AssertionError(f"{self.what}: not done within {self.seconds} s")
 
 
 # ---- (a) one writer, three readers (one gating), every message checked ----------------------------------

@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 
 import pyseq
-from childproc import SPAWN, Children
+from childproc import SPAWN, Children, Deadline
 from pyseq.sequencer import inbound_name, source_id
 
 DATA = 1                                # the message type of every client message here
@@ -41,20 +41,6 @@ PACK = struct.Struct("<IQq")
 assert PACK.size == REC.itemsize
 SYSTEM = {pyseq.CLIENT_JOINED: "JOINED", pyseq.CLIENT_LEFT: "LEFT", pyseq.END_OF_STREAM: "END"}
 SEQUENCER_LIFETIME_S = 280.0            # run(duration=...) as a last resort; the tests stop it long before
-
-
-class Deadline:
-    def __init__(self, seconds: float, what: str) -> None:
-        self.end = time.monotonic() + seconds
-        self.seconds, self.what = seconds, what
-
-    def check(self) -> None:
-        if time.monotonic() > self.end:
-            raise AssertionError(f"{self.what}: not done within {self.seconds} s")
-
-    @property
-    def left(self) -> float:
-        return max(0.0, self.end - time.monotonic())
 
 
 def wait_until(predicate: Callable[[], Any], seconds: float, what: str, step: float = 0.005) -> Any:
