@@ -10,6 +10,7 @@ sweep_stale_shm() can remove what a killed earlier run left in /dev/shm.
 from __future__ import annotations
 
 import ctypes
+import glob
 import multiprocessing as mp
 import multiprocessing.connection
 import os
@@ -25,7 +26,11 @@ import tempfile
 import time
 import traceback
 
-import numpy as np
+# numpy's OpenBLAS starts a helper thread that busy-polls for a while; the benches never call
+# BLAS, and on a small machine that thread takes CPU from the processes being measured.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
 
 try:
     import psutil
@@ -184,6 +189,20 @@ def unlink_shm(*names: str) -> None:
             pass
 
 
+def unlink_ring_family(ring: str) -> list[str]:
+    """Remove pyseq ring ``ring`` and every ring named ``<ring>.<anything>`` (a sequencer's
+    inbound rings are ``<ring>.in.<client>``) from /dev/shm; return what was removed."""
+    removed = []
+    for path in [os.path.join(SHM_DIR, "pyseq." + ring)] + glob.glob(
+            os.path.join(SHM_DIR, glob.escape("pyseq." + ring + ".") + "*")):
+        try:
+            os.unlink(path)
+            removed.append(os.path.basename(path))
+        except FileNotFoundError:
+            pass
+    return removed
+
+
 def sweep_stale_shm() -> list[str]:
     """Remove /dev/shm/[pyseq.]pyseq-bench-<pid>-* objects whose bench process is gone (pyseq
     keeps ring <name> in /dev/shm/pyseq.<name>)."""
@@ -278,14 +297,38 @@ class Floor:
 # -- histograms and reports ---------------------------------------------------------------------
 
 
-def one_way_histogram(rtts_ns) -> HdrHistogram:
-    """HdrHistogram (1 ns .. 60 s, 3 significant digits) of one-way = round trip / 2."""
+def latency_histogram(latencies_ns) -> HdrHistogram:
+    """HdrHistogram (1 ns .. 60 s, 3 significant digits) of latencies in ns, as given."""
     hist = HdrHistogram(1, 60_000_000_000, 3)
-    one_way = np.maximum(np.asarray(rtts_ns, dtype=np.int64) // 2, 1)
-    values, counts = np.unique(one_way, return_counts=True)
+    clipped = np.clip(np.asarray(latencies_ns, dtype=np.int64), 1, 60_000_000_000)
+    values, counts = np.unique(clipped, return_counts=True)
     for value, count in zip(values.tolist(), counts.tolist()):
         hist.record_value(value, count)
     return hist
+
+
+def one_way_histogram(rtts_ns) -> HdrHistogram:
+    """HdrHistogram (1 ns .. 60 s, 3 significant digits) of one-way = round trip / 2."""
+    return latency_histogram(np.asarray(rtts_ns, dtype=np.int64) // 2)
+
+
+def summarize_runs(hists) -> dict:
+    """Each percentile (and the max) as the median over runs, with the lowest and highest run:
+    {"p50": {"median": .., "min": .., "max": ..}, ...}.  Steadier than one merged histogram when
+    other load disturbs some runs and not others."""
+    per_run = [summarize(h) for h in hists]
+    out = {}
+    for key in [name for name, _ in PERCENTILES] + ["max"]:
+        values = [r[key] for r in per_run]
+        out[key] = {"median": median(values), "min": min(values), "max": max(values)}
+    return out
+
+
+def median(values):
+    """The median of a non-empty sequence (the mean of the middle two for an even count)."""
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def summarize(hist: HdrHistogram) -> dict:
