@@ -345,9 +345,9 @@ static int64_t read_waiting(HotReader *self, long long timeout_ns, int *interrup
     int64_t seq = pyseq_reader_poll(self->reader, self->buf, self->buf_length);
     if (seq != PYSEQ_EMPTY || timeout_ns == 0)
         return seq;
-    int64_t deadline = timeout_ns < 0 ? INT64_MAX : pyseq_clock_realtime_ns() + timeout_ns;
+    int64_t deadline = timeout_ns < 0 ? INT64_MAX : pyseq_clock_monotonic_ns() + timeout_ns;
     for (;;) {
-        int64_t left = timeout_ns < 0 ? SLICE_NS : deadline - pyseq_clock_realtime_ns();
+        int64_t left = timeout_ns < 0 ? SLICE_NS : deadline - pyseq_clock_monotonic_ns();
         if (left <= 0)
             return PYSEQ_EMPTY;
         if (left > SLICE_NS)

@@ -22,6 +22,13 @@ int64_t pyseq_clock_realtime_ns(void)
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
+int64_t pyseq_clock_monotonic_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
 static inline uint64_t round_up(uint64_t value, uint64_t align)
 {
     return (value + align - 1) & ~(align - 1);
@@ -188,6 +195,13 @@ static inline void write_slot(const pyseq_ring_t *r, int64_t s, uint16_t msg_typ
 int64_t pyseq_writer_try_publish(pyseq_writer_t *writer, uint16_t msg_type, uint16_t schema_version,
                                  uint32_t source, int64_t timestamp_ns, const void *payload, uint32_t length)
 {
+    return pyseq_writer_try_publish_at(writer, msg_type, schema_version, source, timestamp_ns, payload, length, 0);
+}
+
+int64_t pyseq_writer_try_publish_at(pyseq_writer_t *writer, uint16_t msg_type, uint16_t schema_version,
+                                    uint32_t source, int64_t timestamp_ns, const void *payload, uint32_t length,
+                                    int64_t now)
+{
     const pyseq_ring_t *r = &writer->ring;
     if (length > r->slot_size - PYSEQ_FRAME_LENGTH)
         return PYSEQ_ETOO_LARGE;
@@ -196,7 +210,8 @@ int64_t pyseq_writer_try_publish(pyseq_writer_t *writer, uint16_t msg_type, uint
         pyseq_fetch_add_u64(&r->header->full_count, 1);
         return PYSEQ_EFULL;
     }
-    int64_t now = pyseq_clock_realtime_ns();
+    if (now == 0)
+        now = pyseq_clock_realtime_ns();
     if (writer->watch_ns > 0 && now - writer->watched_ns >= writer->watch_ns) {
         writer->watched_ns = now;
         return PYSEQ_EWATCH;
@@ -256,7 +271,7 @@ int pyseq_writer_wait_capacity(pyseq_writer_t *writer, int64_t count, int64_t ti
     int64_t wanted = writer->next_sequence + count - 1;
     if (wanted <= writable_limit(writer, wanted))
         return 1;
-    int64_t deadline = pyseq_clock_realtime_ns() + timeout_ns;
+    int64_t deadline = pyseq_clock_monotonic_ns() + timeout_ns; /* intervals: monotonic */
     idle_state_t st;
     idle_start(idle, &st);
     for (;;) {
@@ -264,9 +279,8 @@ int pyseq_writer_wait_capacity(pyseq_writer_t *writer, int64_t count, int64_t ti
         if (wanted <= pyseq_writer_gating_scan(writer) + writer->ring.capacity)
             return 1;
         if (idle_clock_due(idle, &st)) {
-            int64_t now = pyseq_clock_realtime_ns();
-            pyseq_store_relaxed(&writer->ring.header->writer_heartbeat_ns, now);
-            if (now >= deadline)
+            pyseq_store_relaxed(&writer->ring.header->writer_heartbeat_ns, pyseq_clock_realtime_ns());
+            if (pyseq_clock_monotonic_ns() >= deadline)
                 return 0;
         }
     }
@@ -360,7 +374,7 @@ static int64_t wait_next(pyseq_reader_t *reader, int64_t timeout_ns, const pyseq
     int state = slot_state(reader, f, reader->next_sequence);
     if (state != 0 || timeout_ns <= 0)
         return state;
-    int64_t deadline = pyseq_clock_realtime_ns() + timeout_ns;
+    int64_t deadline = pyseq_clock_monotonic_ns() + timeout_ns; /* intervals: monotonic */
     idle_state_t st;
     idle_start(idle, &st);
     for (;;) {
@@ -369,10 +383,9 @@ static int64_t wait_next(pyseq_reader_t *reader, int64_t timeout_ns, const pyseq
         if (state != 0)
             return state;
         if (idle_clock_due(idle, &st)) {
-            int64_t now = pyseq_clock_realtime_ns();
             if (reader->cursor)
-                pyseq_store_relaxed(&reader->cursor->heartbeat_ns, now);
-            if (now >= deadline)
+                pyseq_store_relaxed(&reader->cursor->heartbeat_ns, pyseq_clock_realtime_ns());
+            if (pyseq_clock_monotonic_ns() >= deadline)
                 return PYSEQ_EMPTY;
         }
     }

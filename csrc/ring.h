@@ -62,6 +62,7 @@ typedef struct pyseq_reader_s {
 } pyseq_reader_t;
 
 int64_t pyseq_clock_realtime_ns(void);
+int64_t pyseq_clock_monotonic_ns(void); /* for deadlines and intervals */
 
 /* Write the descriptor of a new ring into zeroed memory; layout_version last, with release. */
 int pyseq_ring_format(void *base, uint64_t file_length, uint64_t capacity, uint32_t slot_size,
@@ -74,6 +75,11 @@ void pyseq_ring_view(pyseq_ring_t *ring, void *header, void *cursors, void *slot
 void pyseq_writer_init(pyseq_writer_t *writer, void *header, void *cursors, void *slots);
 int64_t pyseq_writer_try_publish(pyseq_writer_t *writer, uint16_t msg_type, uint16_t schema_version,
                                  uint32_t source, int64_t timestamp_ns, const void *payload, uint32_t length);
+/* the same, with `now` a CLOCK_REALTIME reading the caller made (0: read the clock): the stamp when
+ * timestamp_ns is 0, and the heartbeat (the sequencer stamps one round's messages with one reading) */
+int64_t pyseq_writer_try_publish_at(pyseq_writer_t *writer, uint16_t msg_type, uint16_t schema_version,
+                                    uint32_t source, int64_t timestamp_ns, const void *payload, uint32_t length,
+                                    int64_t now);
 /* republish a frame + payload copied out by a reader (frame holds PYSEQ_FRAME_LENGTH + length bytes) */
 int64_t pyseq_writer_try_forward(pyseq_writer_t *writer, const void *frame, int keep_timestamp);
 int64_t pyseq_writer_try_publish_batch(pyseq_writer_t *writer, uint16_t msg_type, uint16_t schema_version,

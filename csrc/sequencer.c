@@ -47,7 +47,8 @@ static inline int64_t out_room(pyseq_writer_t *w)
 int64_t pyseq_sequencer_round(pyseq_sequencer_t *seq)
 {
     int64_t moved = 0;
-    int64_t now = pyseq_clock_realtime_ns();
+    int64_t now = pyseq_clock_realtime_ns();      /* the round's sequencing time */
+    int64_t mono = 0;                              /* the token buckets' clock, read if one is needed */
     seq->rounds++;
     for (uint32_t i = 0; i < seq->count; i++) {
         pyseq_inbound_t *in = &seq->inbound[i];
@@ -56,7 +57,9 @@ int64_t pyseq_sequencer_round(pyseq_sequencer_t *seq)
         int64_t pending = pyseq_inbound_pending(in);
         if (pending == 0)
             continue;
-        int64_t allowed = tokens_allowed(in, now);
+        if (in->rate_per_s > 0 && mono == 0)
+            mono = pyseq_clock_monotonic_ns();
+        int64_t allowed = tokens_allowed(in, mono);
         int64_t n = pending < (int64_t)seq->batch_limit ? pending : (int64_t)seq->batch_limit;
         if (allowed < n) {
             /* messages from next + allowed to the last published wait: count the new ones once */
@@ -85,8 +88,8 @@ int64_t pyseq_sequencer_round(pyseq_sequencer_t *seq)
                 break;
             }
             const pyseq_frame_t *f = (const pyseq_frame_t *)seq->scratch;
-            int64_t out = pyseq_writer_try_publish(seq->out, f->msg_type, f->schema_version, in->source, 0,
-                                                   seq->scratch + PYSEQ_FRAME_LENGTH, f->length);
+            int64_t out = pyseq_writer_try_publish_at(seq->out, f->msg_type, f->schema_version, in->source, 0,
+                                                      seq->scratch + PYSEQ_FRAME_LENGTH, f->length, now);
             if (out <= 0) { /* cannot happen: room was checked and the slot sizes match */
                 in->status = out;
                 break;
@@ -103,9 +106,8 @@ int64_t pyseq_sequencer_round(pyseq_sequencer_t *seq)
 int64_t pyseq_sequencer_run(pyseq_sequencer_t *seq, int64_t duration_ns, const pyseq_idle_t *idle)
 {
     int64_t total = 0;
-    int64_t start = pyseq_clock_realtime_ns();
-    int64_t deadline = start + duration_ns;
-    pyseq_store_relaxed(&seq->out->ring.header->writer_heartbeat_ns, start);
+    int64_t deadline = pyseq_clock_monotonic_ns() + duration_ns;
+    pyseq_store_relaxed(&seq->out->ring.header->writer_heartbeat_ns, pyseq_clock_realtime_ns());
     uint64_t quiet = 0;
     int64_t park_ns = idle->min_park_ns > 0 ? idle->min_park_ns : 1000;
     for (;;) {
@@ -127,9 +129,8 @@ int64_t pyseq_sequencer_run(pyseq_sequencer_t *seq, int64_t duration_ns, const p
                 park_ns = park_ns * 2 > idle->max_park_ns ? idle->max_park_ns : park_ns * 2;
             }
         }
-        int64_t now = pyseq_clock_realtime_ns(); /* a vDSO read; a round costs more */
-        if (now >= deadline) {
-            pyseq_store_relaxed(&seq->out->ring.header->writer_heartbeat_ns, now);
+        if (pyseq_clock_monotonic_ns() >= deadline) { /* a vDSO read; a round costs more */
+            pyseq_store_relaxed(&seq->out->ring.header->writer_heartbeat_ns, pyseq_clock_realtime_ns());
             return total;
         }
     }

@@ -7,7 +7,8 @@
  * (rate_per_s, burst) or the room in the sequenced ring says so: messages left behind stay in the
  * client's own ring, which back-pressures that client and nobody else.  Each moved message gets the
  * next sequence, the sequencing time and the client's source id; its type, schema version and
- * payload are copied as they are.  The loop runs for a slice of time with the GIL released (cffi),
+ * payload are copied as they are (the messages of one round share one clock reading as their
+ * sequencing time: a round lasts microseconds).  The loop runs for a slice of time with the GIL released (cffi),
  * then returns to Python for housekeeping (new clients, dead clients, signals).
  *
  * The structs here are process-local (the sequencer's memory, allocated by cffi), not shared.
@@ -28,7 +29,7 @@ typedef struct pyseq_inbound_s {
     int64_t rate_per_s;     /* 0: unlimited */
     int64_t burst;          /* bucket size in messages */
     int64_t tokens;         /* in nano-tokens (PYSEQ_NANO_TOKENS per message) */
-    int64_t refilled_ns;    /* time of the last refill */
+    int64_t refilled_ns;    /* CLOCK_MONOTONIC time of the last refill */
     uint64_t sequenced;     /* messages moved into the sequenced ring */
     uint64_t deferred;      /* messages the rate limit left waiting at least once (each counted once) */
     int64_t deferred_upto;  /* the highest inbound sequence counted in deferred */

@@ -327,7 +327,7 @@ class Sequencer:
         entry.rate_per_s = round(limit.rate)
         entry.burst = limit.burst
         entry.tokens = limit.burst * lib.PYSEQ_NANO_TOKENS
-        entry.refilled_ns = lib.pyseq_clock_realtime_ns()
+        entry.refilled_ns = lib.pyseq_clock_monotonic_ns()
         entry.sequenced = entry.deferred = 0
         entry.deferred_upto = 0
         entry.status = 0
