@@ -240,7 +240,7 @@ class PyseqChannel:
 
 
 class PyseqForwardChannel(PyseqChannel):
-    key, label = "pyseq-fwd", "pyseq, echo by read_seq+forward"
+    key, label = "pyseq-fwd", "pyseq read_seq+forward"
 
     def open(self, role, timeout):
         ab, ba = self.names

@@ -110,8 +110,16 @@ class Client(Ring):
         return False
 
     def close(self) -> None:
-        """Close the inbound ring (the sequencer drains it, then removes it) and the sequenced ring."""
+        """Close the inbound ring (the sequencer drains it, then removes it) and the sequenced ring.
+        If the sequencer is already gone, the client removes its ring itself when everything in it
+        was sequenced; a ring still holding messages stays for the next sequencer, which resumes it."""
+        orphaned = False
+        if self._sequenced is not None and not self.closed and self._sequenced.writer_gone:
+            done = [r["sequence"] for r in self.readers() if r["name"] == SEQUENCER_CURSOR]
+            orphaned = max(done, default=self.first_sequence - 1) >= self.published_sequence
         super().close()
+        if orphaned:
+            Ring.remove(inbound_name(self._sequenced.name, self.client_name), force=True)
         if self._sequenced is not None:
             self._sequenced.close()
             self._sequenced = None

@@ -1006,3 +1006,36 @@ def test_a_rate_below_one_message_per_second_is_refused_or_enforced_never_unlimi
     _, _, stats, elapsed = stepped_sequencer_with_one_client(ring_names(), limit, 10, 0.3)
     assert stats["sequenced"] <= 2, \
         f"rate 0.5 msg/s and burst 1, yet {stats['sequenced']} of 10 messages went through in {elapsed:.2f} s"
+
+
+def test_a_client_that_closes_after_its_sequencer_stopped_removes_its_drained_ring(ring: str,
+                                                                                    children: Children) -> None:
+    start_sequencer(children, ring)
+    client = pyseq.Client.connect(ring, "orphan", timeout=30)
+    try:
+        for i in range(5):
+            client.submit(DATA, PACK.pack(0, i, 0))
+        wait_until(lambda: client.readers()[0]["sequence"] >= 5, 10, "the sequencer taking all 5")
+        stop_sequencer(children)
+    finally:
+        client.close()
+    assert not pyseq.Ring.exists(inbound_name(ring, "orphan"))
+
+
+def test_a_client_ring_still_holding_unsequenced_messages_stays_for_the_next_sequencer(ring: str,
+                                                                                       children: Children) -> None:
+    start_sequencer(children, ring)
+    client = pyseq.Client.connect(ring, "holder", timeout=30)
+    try:
+        os.kill(children.pid("sequencer"), signal.SIGSTOP)  # it takes nothing more
+        try:
+            client._w.watch_ns = 0  # submit without noticing: the messages wait in the ring
+            for i in range(3):
+                client.submit(DATA, PACK.pack(0, i, 0))
+        finally:
+            os.kill(children.pid("sequencer"), signal.SIGKILL)
+            os.kill(children.pid("sequencer"), signal.SIGCONT)
+        children.join("sequencer")
+    finally:
+        client.close()
+    assert pyseq.Ring.exists(inbound_name(ring, "holder"))  # nothing it submitted is lost
