@@ -113,15 +113,15 @@ class Client(Ring):
         """Close the inbound ring (the sequencer drains it, then removes it) and the sequenced ring.
         If the sequencer is already gone, the client removes its ring itself when everything in it
         was sequenced; a ring still holding messages stays for the next sequencer, which resumes it."""
-        orphaned = False
-        if self._sequenced is not None and not self.closed and self._sequenced.writer_gone:
+        sequenced, orphaned = self._sequenced, False
+        if sequenced is not None and not self.closed and sequenced.writer_gone:
             done = [r["sequence"] for r in self.readers() if r["name"] == SEQUENCER_CURSOR]
             orphaned = max(done, default=self.first_sequence - 1) >= self.published_sequence
         super().close()
-        if orphaned:
-            Ring.remove(inbound_name(self._sequenced.name, self.client_name), force=True)
-        if self._sequenced is not None:
-            self._sequenced.close()
+        if sequenced is not None:
+            if orphaned:
+                Ring.remove(inbound_name(sequenced.name, self.client_name), force=True)
+            sequenced.close()
             self._sequenced = None
 
     def __repr__(self) -> str:

@@ -696,8 +696,8 @@ class Ring(HotWriter):
         data = text.encode()
         if len(data) >= lib.PYSEQ_RING_NOTES_LENGTH:
             raise ValueError(f"notes of {len(data)} bytes; the header holds {lib.PYSEQ_RING_NOTES_LENGTH - 1}")
-        notes = self._writer() and self._mapping().header.notes
-        ffi.memmove(notes, data + b"\0", len(data) + 1)
+        self._writer()  # only the writer writes its notes
+        ffi.memmove(self._mapping().header.notes, data + b"\0", len(data) + 1)
 
     @property
     def writer_heartbeat_age(self) -> float:
