@@ -282,10 +282,7 @@ def main(argv=None) -> int:
     if unknown:
         p.error(f"unknown idle strategies {sorted(unknown)}; choose from {', '.join(IDLES)}")
 
-    harness.exit_on_sigterm()
-    stale = harness.sweep_stale_shm()
-    if stale:
-        print(f"removed {len(stale)} stale shared-memory objects left by killed runs", flush=True)
+    harness.start_bench()
     cpus = harness.cpu_pair()
     if cpus[0] is None:
         print("one CPU: the sequencer and the client+reader would take turns; not measured", file=sys.stderr)

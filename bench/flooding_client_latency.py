@@ -251,10 +251,7 @@ def main(argv=None) -> int:
     cfg.run_cap = 90.0
     cfg.flooder_cpu = None if cfg.flooder_cpu == "none" else int(cfg.flooder_cpu)
 
-    harness.exit_on_sigterm()
-    stale = harness.sweep_stale_shm()
-    if stale:
-        print(f"removed {len(stale)} stale shared-memory objects left by killed runs", flush=True)
+    harness.start_bench()
     cpus = harness.cpu_pair()
     if cpus[0] is None:
         print("one CPU: not measured", file=sys.stderr)

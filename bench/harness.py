@@ -230,6 +230,15 @@ def sweep_stale_shm() -> list[str]:
     return removed
 
 
+def start_bench() -> None:
+    """What every bench does first: exit cleanly on SIGTERM, and sweep the shared-memory objects a
+    killed run left behind (saying so)."""
+    exit_on_sigterm()
+    stale = sweep_stale_shm()
+    if stale:
+        print(f"removed {len(stale)} stale shared-memory objects left by killed runs", flush=True)
+
+
 # -- the C floor --------------------------------------------------------------------------------
 
 FLOOR_SOURCE = os.path.join(HERE, "floor", "cacheline_pingpong.c")

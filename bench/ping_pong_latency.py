@@ -424,10 +424,7 @@ def main(argv=None) -> int:
     if only and "floor" not in only:
         floor_modes = []
 
-    harness.exit_on_sigterm()
-    stale = harness.sweep_stale_shm()
-    if stale:
-        print(f"removed {len(stale)} stale shared-memory objects left by killed runs", flush=True)
+    harness.start_bench()
     cpus = harness.cpu_pair()
     pinned = f"pinned to CPUs {cpus[0]} and {cpus[1]}" if cpus[0] is not None else "not pinned (1 CPU)"
     print(f"ping-pong, {MESSAGE_LENGTH}-byte messages, one-way = round trip / 2, peers {pinned}; "

@@ -298,10 +298,7 @@ def main(argv=None) -> int:
     if set(modes) - set(MODES):
         p.error(f"modes are {', '.join(MODES)}")
 
-    harness.exit_on_sigterm()
-    stale = harness.sweep_stale_shm()
-    if stale:
-        print(f"removed {len(stale)} stale shared-memory objects left by killed runs", flush=True)
+    harness.start_bench()
     cpus = harness.cpu_pair()
     if cpus[0] is None:
         print("one CPU: not measured", file=sys.stderr)

@@ -476,10 +476,7 @@ def main(argv=None) -> int:
     channels = [cls for cls in CHANNELS if not only or cls.key in only]
     floor_label = "C floor: C ring" if not only or "floor" in only else None
 
-    harness.exit_on_sigterm()
-    stale = harness.sweep_stale_shm()
-    if stale:
-        print(f"removed {len(stale)} stale shared-memory objects left by killed runs", flush=True)
+    harness.start_bench()
     cpus = harness.cpu_pair()
     pinned = f"writer on CPU {cpus[0]}, reader on CPU {cpus[1]}" if cpus[0] is not None else "not pinned"
     print(f"throughput, one writer -> one reader, {MESSAGE_LENGTH}-byte messages, every message "

@@ -2,7 +2,6 @@
 the zero-object path, back-pressure, and hypothesis round trips of every payload length."""
 from __future__ import annotations
 
-import struct
 import threading
 import time
 from typing import Any, Callable, Iterator
@@ -16,7 +15,7 @@ import pyseq
 from childproc import Children
 from conftest import unique_ring_name
 
-FRAME = struct.Struct("<qqIHHII")
+FRAME = pyseq.message.FRAME  # the frame header of ring_layout.h
 
 
 def payload_of(seq: int, repeat: int = 4) -> bytes:
