@@ -13,7 +13,7 @@ from cffi import FFI
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
-MODULES = ["ring", "sequencer"]
+MODULES = ["ring", "sequencer", "crc32c", "journal"]
 CFLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-fno-strict-aliasing"]
 SOURCES = [str((HERE / f"{m}.c").relative_to(ROOT)) for m in MODULES]
 INCLUDES = "\n".join(f'#include "{m}.h"' for m in MODULES) + "\n"

@@ -12,8 +12,7 @@
 #include <time.h>
 
 #include "atomics.h"
-
-#define PYSEQ_CLOCK_CHECK_SPINS 128 /* busy-spin iterations between clock reads */
+#include "ring_inline.h"
 
 int64_t pyseq_clock_realtime_ns(void)
 {
@@ -37,11 +36,6 @@ static inline uint64_t round_up(uint64_t value, uint64_t align)
 static inline int is_power_of_two(uint64_t v)
 {
     return v != 0 && (v & (v - 1)) == 0;
-}
-
-static inline pyseq_frame_t *slot_at(const pyseq_ring_t *ring, int64_t sequence)
-{
-    return (pyseq_frame_t *)(ring->slots + (size_t)(sequence & ring->mask) * ring->slot_size);
 }
 
 uint64_t pyseq_ring_file_length(uint64_t capacity, uint32_t slot_size, uint32_t max_readers, uint64_t page_size)
@@ -95,41 +89,6 @@ void pyseq_ring_view(pyseq_ring_t *ring, void *header, void *cursors, void *slot
     ring->mask = ring->capacity - 1;
     ring->slot_size = ring->header->slot_size;
     ring->max_readers = ring->header->max_readers;
-}
-
-/* ---- idle strategies ------------------------------------------------------------------------ */
-
-typedef struct idle_state_s {
-    uint64_t iterations;
-    int64_t park_ns;
-} idle_state_t;
-
-static inline void idle_step(const pyseq_idle_t *idle, idle_state_t *st)
-{
-    uint64_t i = st->iterations++;
-    if (idle->kind == PYSEQ_IDLE_BUSY_SPIN || i < idle->spins) {
-        pyseq_cpu_relax();
-    } else if (idle->kind == PYSEQ_IDLE_SPIN_YIELD || i < (uint64_t)idle->spins + idle->yields) {
-        sched_yield();
-    } else {
-        struct timespec ts = {st->park_ns / 1000000000LL, st->park_ns % 1000000000LL};
-        nanosleep(&ts, NULL);
-        st->park_ns = st->park_ns * 2 > idle->max_park_ns ? idle->max_park_ns : st->park_ns * 2;
-    }
-}
-
-/* True when this iteration should read the clock: every time once the strategy has stopped spinning. */
-static inline int idle_clock_due(const pyseq_idle_t *idle, const idle_state_t *st)
-{
-    if (idle->kind != PYSEQ_IDLE_BUSY_SPIN && st->iterations >= idle->spins)
-        return 1;
-    return (st->iterations % PYSEQ_CLOCK_CHECK_SPINS) == 0;
-}
-
-static inline void idle_start(const pyseq_idle_t *idle, idle_state_t *st)
-{
-    st->iterations = 0;
-    st->park_ns = idle->min_park_ns > 0 ? idle->min_park_ns : 1000;
 }
 
 /* ---- writer ----------------------------------------------------------------------------------- */
@@ -295,6 +254,8 @@ void pyseq_reader_init(pyseq_reader_t *reader, void *header, void *cursors, void
     reader->cursor = cursor;
     reader->next_sequence = next_sequence;
     reader->lapped_by = 0;
+    reader->durable = 0;
+    reader->journaled = 0;
 }
 
 void pyseq_reader_heartbeat(pyseq_reader_t *reader)
@@ -309,38 +270,6 @@ void pyseq_reader_skip_to(pyseq_reader_t *reader, int64_t sequence)
     reader->lapped_by = 0;
     if (reader->cursor)
         pyseq_store_release(&reader->cursor->sequence, sequence - 1);
-}
-
-/* Read step 1 for sequence s: 1 published, 0 not yet, PYSEQ_ELAPPED overwritten. */
-static inline int slot_state(pyseq_reader_t *reader, const pyseq_frame_t *f, int64_t s)
-{
-    int64_t v = pyseq_load_acquire(&f->sequence);
-    if (v == s)
-        return 1;
-    int64_t a = v < 0 ? -v : v;
-    if (a > s) {
-        reader->lapped_by = a;
-        return PYSEQ_ELAPPED;
-    }
-    return 0;
-}
-
-/* Read step 3: the copy of slot s is whole iff the slot still holds s. */
-static inline int still_holds(pyseq_reader_t *reader, const pyseq_frame_t *f, int64_t s)
-{
-    pyseq_fence_acquire();
-    int64_t v = pyseq_load_relaxed(&f->sequence);
-    if (v == s)
-        return 1;
-    reader->lapped_by = v < 0 ? -v : v;
-    return 0;
-}
-
-static inline void consumed(pyseq_reader_t *reader, int64_t last)
-{
-    reader->next_sequence = last + 1;
-    if (reader->cursor)
-        pyseq_store_release(&reader->cursor->sequence, last); /* step 4 */
 }
 
 static inline int64_t poll_one(pyseq_reader_t *reader, void *out, uint32_t out_length)

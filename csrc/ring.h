@@ -59,6 +59,8 @@ typedef struct pyseq_reader_s {
     pyseq_cursor_t *cursor;  /* this reader's entry in the cursor table */
     int64_t next_sequence;   /* reader-local: the sequence it expects next */
     int64_t lapped_by;       /* after PYSEQ_ELAPPED: the sequence found in the slot */
+    int64_t durable;         /* 1: see only what the journal holds (header journaled_sequence) */
+    int64_t journaled;       /* reader-local: the journaled_sequence last loaded */
 } pyseq_reader_t;
 
 int64_t pyseq_clock_realtime_ns(void);

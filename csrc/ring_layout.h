@@ -83,11 +83,16 @@
  *   +---------------------------------------------------------------+      none); store-release
  *   |                   pad to 384                                  |
  *   +---------------------------------------------------------------+
- *   |                     journaled_sequence                        | 384  own line: last sequence
- *   |                                                               |      on disk (the journaler)
- *   +---------------------------------------------------------------+
- *   |                   reserved, zero, to 1024                     | 392
- *   +---------------------------------------------------------------+
+ *   |                     journaled_sequence                        | 384  own line, the journaler's: last
+ *   |                                                               |      sequence in the journal as far as
+ *   +---------------------------------------------------------------+      its fsync policy promises;
+ *   |        journal_state          |      journal_fsync            | 392  store-release after the write
+ *   +---------------------------------------------------------------+      (never) or the fsync (batch,
+ *   |                     journal_errors                            | 400  interval). state: 0 no journal,
+ *   |                                                               |      1 journaling, 2 stalled (writes
+ *   +---------------------------------------------------------------+      failing), 3 stopped. fsync:
+ *   |                   reserved, zero, to 1024                     | 408  0 never, 1 interval, 2 batch.
+ *   +---------------------------------------------------------------+      errors: failed writes/fsyncs
  *   |                     notes[3072]                               | 1024 the writer's notes: UTF-8,
  *   ...                                                           ...     NUL-terminated; written once
  *   +---------------------------------------------------------------+     before anyone depends on them
@@ -199,7 +204,7 @@
 
 #define PYSEQ_RING_MAGIC 0x474E525145535950ULL /* "PYSEQRNG" read as a little-endian u64 */
 #define PYSEQ_RING_LAYOUT_MAJOR 1u
-#define PYSEQ_RING_LAYOUT_MINOR 0u
+#define PYSEQ_RING_LAYOUT_MINOR 1u /* 1: journal_state, journal_fsync, journal_errors */
 #define PYSEQ_RING_LAYOUT_VERSION ((PYSEQ_RING_LAYOUT_MAJOR << 16) | PYSEQ_RING_LAYOUT_MINOR)
 
 #define PYSEQ_RING_HEADER_LENGTH 4096
@@ -214,6 +219,15 @@
 #define PYSEQ_WRITER_NONE 0u
 #define PYSEQ_WRITER_OPEN 1u
 #define PYSEQ_WRITER_CLOSED 2u
+
+/* journal_state and journal_fsync (header line 384) */
+#define PYSEQ_JOURNAL_NONE 0u       /* no journaler: journaled_sequence does not move */
+#define PYSEQ_JOURNAL_RUNNING 1u
+#define PYSEQ_JOURNAL_STALLED 2u    /* its writes fail (disk full...): the ring fills, clients back-pressure */
+#define PYSEQ_JOURNAL_STOPPED 3u    /* closed with the ring; journaled_sequence is final */
+#define PYSEQ_FSYNC_NEVER 0u        /* journaled after write(2): survives a process crash, not a host crash */
+#define PYSEQ_FSYNC_INTERVAL 1u     /* journaled after the periodic fdatasync */
+#define PYSEQ_FSYNC_BATCH 2u        /* journaled after the fdatasync of its batch */
 
 #define PYSEQ_CURSOR_FREE 0u
 #define PYSEQ_CURSOR_CLAIMED 1u /* the low two bits of CLAIMED(pid) */
@@ -249,7 +263,10 @@ typedef struct pyseq_ring_header_s {
     uint8_t pad_published[PYSEQ_PADDED_LINE - sizeof(int64_t)];
     /* journaled position: the journaler only, store-release after the write (or fsync) */
     int64_t journaled_sequence;
-    uint8_t pad_journaled[PYSEQ_RING_NOTES_OFFSET - 3 * PYSEQ_PADDED_LINE - sizeof(int64_t)];
+    uint32_t journal_state;   /* the journaler only, relaxed: PYSEQ_JOURNAL_* */
+    uint32_t journal_fsync;   /* the journaler only, relaxed: PYSEQ_FSYNC_* */
+    uint64_t journal_errors;  /* the journaler only, relaxed: failed writes and fsyncs */
+    uint8_t pad_journaled[PYSEQ_RING_NOTES_OFFSET - 3 * PYSEQ_PADDED_LINE - 3 * sizeof(int64_t)];
     /* the writer's notes: written by the writer, read by anyone */
     char notes[PYSEQ_RING_NOTES_LENGTH];
 } pyseq_ring_header_t;
@@ -294,6 +311,9 @@ _Static_assert(offsetof(pyseq_ring_header_t, writer_state) == 152, "writer_state
 _Static_assert(offsetof(pyseq_ring_header_t, full_count) == 160, "full_count");
 _Static_assert(offsetof(pyseq_ring_header_t, published_sequence) == 256, "published_sequence");
 _Static_assert(offsetof(pyseq_ring_header_t, journaled_sequence) == 384, "journaled_sequence");
+_Static_assert(offsetof(pyseq_ring_header_t, journal_state) == 392, "journal_state");
+_Static_assert(offsetof(pyseq_ring_header_t, journal_fsync) == 396, "journal_fsync");
+_Static_assert(offsetof(pyseq_ring_header_t, journal_errors) == 400, "journal_errors");
 _Static_assert(offsetof(pyseq_ring_header_t, notes) == 1024, "notes");
 _Static_assert(sizeof(pyseq_ring_header_t) == PYSEQ_RING_HEADER_LENGTH, "header is one page");
 

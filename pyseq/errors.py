@@ -121,3 +121,27 @@ class RingPermissionError(PyseqError, PermissionError):
 
 class NotWriterError(PyseqError):
     """A write was attempted through a handle that attached to the ring as a reader."""
+
+
+class JournalError(PyseqError):
+    """A journal cannot be opened, written or read as asked."""
+
+
+class JournalNotFoundError(JournalError, FileNotFoundError):
+    """The journal directory does not exist or holds no segment."""
+
+
+class JournalLockedError(JournalError):
+    """Another process (a sequencer) is writing this journal."""
+
+
+class JournalCorruptError(JournalError):
+    """A record that is not valid where valid records must be: in a segment before the last, or with
+    valid records after it.  Names the segment file, the byte offset and the sequence expected there."""
+
+    def __init__(self, segment: str, offset: int, sequence: int, reason: str) -> None:
+        self.segment = segment
+        self.offset = offset
+        self.sequence = sequence
+        self.reason = reason
+        super().__init__(f"journal corrupt: {segment} at offset {offset} (sequence {sequence}): {reason}")

@@ -159,6 +159,9 @@ class Ring(HotWriter):
             lib.pyseq_writer_init(self._w, h, mapping.cursors_ptr, mapping.slots_ptr)
             self._bind(address(self._w), self._w)
             self._gating_seen: dict[int, tuple[int, float]] = {}
+        # cursors of this process the writer must never evict (the journaler's: a gap in the journal
+        # is worse than a stall)
+        self.never_evict: set[int] = set()
 
     # ---- opening ------------------------------------------------------------------------------
 
@@ -547,7 +550,7 @@ class Ring(HotWriter):
         evicted = False
         for i in range(self.max_readers):
             c = m.cursors + i
-            if lib.pyseq_cursor_state(c) != lib.PYSEQ_CURSOR_ACTIVE or not c.gating:
+            if lib.pyseq_cursor_state(c) != lib.PYSEQ_CURSOR_ACTIVE or not c.gating or i in self.never_evict:
                 self._gating_seen.pop(i, None)
                 continue
             seq = int(lib.pyseq_cursor_sequence(c))
@@ -585,7 +588,8 @@ class Ring(HotWriter):
     # ---- reading -------------------------------------------------------------------------------
 
     def reader(self, name: str = "", *, gating: bool = False, start: Start = "earliest",
-               idle: Optional[IdleStrategy] = None, stale_after: Optional[float] = None) -> "Reader":
+               idle: Optional[IdleStrategy] = None, stale_after: Optional[float] = None,
+               durable: bool = False) -> "Reader":
         """Register a reader with a cursor in the ring's header.
 
         ``start``: ``"earliest"`` (the oldest message still in the ring), ``"latest"`` (only what
@@ -594,8 +598,14 @@ class Ring(HotWriter):
         "latest": a gating reader that asks for old messages can be lapped before the writer sees it).
         ``stale_after`` (seconds): a wait that finds nothing to read and the writer's heartbeat older
         than this raises :class:`WriterStalledError` (for rings whose writer heartbeats, such as the
-        sequencer's).
+        sequencer's).  A ``durable`` reader sees a message only once the ring's journal holds it as
+        its fsync policy promises (the header's ``journaled_sequence``), so it never acts on a message
+        that a crash could erase; the ring must have a journal (a sequencer started with one).
         """
+        if durable and int(self._mapping().header.journal_state) == lib.PYSEQ_JOURNAL_NONE:
+            raise errors.RingConfigError(
+                f"ring {self.name!r} has no journal: a durable reader would never see a message "
+                f"(start its sequencer with a journal)")
         if stale_after is not None and (not isinstance(stale_after, (int, float)) or stale_after <= 0):
             raise ValueError(f"stale_after must be a number of seconds > 0 or None, not {stale_after!r}")
         m = self._mapping()
@@ -613,6 +623,9 @@ class Ring(HotWriter):
         label = (name or f"pid{os.getpid()}")[: lib.PYSEQ_CURSOR_NAME_LENGTH - 1]
         lib.pyseq_cursor_activate(c, next_seq - 1, 1 if gating else 0, os.getpid(), label.encode())
         r = Reader(self, index, label, gating, next_seq, idle or self.idle, stale_after)
+        if durable:
+            r._c.durable = 1
+            r.durable = True
         if start == "latest":
             # the cursor is visible now (activate ends with a seq_cst fence): start after what the
             # writer published meanwhile, which it may overwrite without seeing this cursor
@@ -649,6 +662,18 @@ class Ring(HotWriter):
         """The last sequence published (first_sequence - 1 if none)."""
         return int(lib.pyseq_header_published(self._mapping().header))
 
+    @property
+    def journaled_sequence(self) -> int:
+        """The last sequence the ring's journal holds as its fsync policy promises (first_sequence - 1
+        if none, or if the ring has no journal)."""
+        return int(self._mapping().header.journaled_sequence)
+
+    @property
+    def journal_state(self) -> str:
+        """``none`` (no journal), ``running``, ``stalled`` (its writes fail) or ``stopped``."""
+        return {0: "none", 1: "running", 2: "stalled", 3: "stopped"}.get(
+            int(self._mapping().header.journal_state), "?")
+
     def info(self) -> dict[str, Any]:
         h = self._mapping().header
         pid = int(h.writer_pid)
@@ -660,6 +685,9 @@ class Ring(HotWriter):
             "writer_state": {0: "none", 1: "open", 2: "closed"}.get(int(h.writer_state), "?"),
             "writer_heartbeat_ns": int(h.writer_heartbeat_ns), "eviction_count": int(h.eviction_count),
             "full_count": int(h.full_count),
+            "journal_state": self.journal_state, "journaled_sequence": int(h.journaled_sequence),
+            "journal_fsync": {0: "never", 1: "interval", 2: "batch"}.get(int(h.journal_fsync), "?"),
+            "journal_errors": int(h.journal_errors),
             "created_ns": int(h.created_ns), "readers": self.readers(),
         }
 
@@ -800,6 +828,7 @@ class Reader(HotReader):
         self.index = index
         self.name = name
         self.gating = gating
+        self.durable = False
         self.idle = idle
         self._idle_c = idle._c
         self._cursor = m.cursors + index

@@ -31,6 +31,8 @@ from typing import Any, Mapping, Optional
 from . import errors
 from ._native import ffi, lib
 from .idle import IdleStrategy, default_idle
+from .journal import RecoveryReport
+from .journaler import DEFAULT_SEGMENT_BYTES, FsyncPolicy, Journaler, open_for_sequencer
 from .ring import SHM_PREFIX, Reader, Ring, validate_name
 
 log = logging.getLogger("pyseq.sequencer")
@@ -148,9 +150,11 @@ class Sequencer:
     your own), and :meth:`stop` from a signal handler or another thread."""
 
     def __init__(self, ring: str, *, capacity: int = 65536, slot_size: int = 128, limits: Optional[Limits] = None,
-                 max_clients: int = 64, batch: int = 256, max_readers: int = 16, first_sequence: int = 1,
-                 idle: Optional[IdleStrategy] = None, slice_s: float = 0.01, scan_interval_s: float = 0.05,
-                 reader_timeout: float = 10.0) -> None:
+                 max_clients: int = 64, batch: int = 256, max_readers: int = 16,
+                 first_sequence: Optional[int] = None, idle: Optional[IdleStrategy] = None, slice_s: float = 0.01,
+                 scan_interval_s: float = 0.05, reader_timeout: float = 10.0, journal: Optional[str] = None,
+                 fsync: "str | FsyncPolicy" = "batch", segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+                 journal_idle: Optional[IdleStrategy] = None) -> None:
         validate_sequenced_name(ring)
         if not 1 <= max_clients <= 4096 or not 1 <= batch <= 1 << 20:
             raise ValueError(f"max_clients must be 1..4096 and batch 1..2**20, not {max_clients}, {batch}")
@@ -159,8 +163,37 @@ class Sequencer:
         self.idle = idle or default_idle()
         self.slice_ns = int(slice_s * 1e9)
         self.scan_interval_s = scan_interval_s
-        self.ring = Ring.create(ring, capacity, slot_size, max_readers=max_readers, first_sequence=first_sequence,
-                                idle=self.idle, reader_timeout=reader_timeout)
+        self.journal: Optional[Journaler] = None
+        self.recovery: Optional[RecoveryReport] = None
+        lock_fd = None
+        if journal is not None:
+            policy = FsyncPolicy.parse(fsync)
+            # recover the journal (and what a killed predecessor left in its ring): numbering resumes
+            # right after the last journaled sequence
+            lock_fd, self.recovery, last = open_for_sequencer(os.fspath(journal), ring)
+            if first_sequence is not None and last and first_sequence != last + 1:
+                os.close(lock_fd)
+                raise errors.JournalError(
+                    f"first_sequence {first_sequence} conflicts with journal {journal!r}, which ends at {last}: "
+                    f"the sequence resumes at {last + 1} (leave first_sequence out)")
+            first_sequence = first_sequence or last + 1
+        try:
+            self.ring = Ring.create(ring, capacity, slot_size, max_readers=max_readers,
+                                    first_sequence=first_sequence or 1, idle=self.idle, reader_timeout=reader_timeout)
+        except BaseException:
+            if lock_fd is not None:
+                os.close(lock_fd)
+            raise
+        if journal is not None:
+            try:
+                self.journal = Journaler(os.fspath(journal), self.ring, fsync=policy, segment_bytes=segment_bytes,
+                                         idle=journal_idle or self.idle, lock_fd=lock_fd)
+            except BaseException:
+                os.close(lock_fd)  # type: ignore[arg-type]
+                self.ring.close()
+                raise
+            self.ring.never_evict.add(self.journal._reader.index)
+            self.journal.start()
         notes = json.dumps(self.limits.to_mapping())
         if len(notes.encode()) >= lib.PYSEQ_RING_NOTES_LENGTH:
             log.warning("sequencer %r: per-client limits too long for the ring header; clients will size their "
@@ -232,9 +265,14 @@ class Sequencer:
             if left:
                 log.warning("sequencer %r: %d submitted messages not drained at shutdown", self.name, left)
             for client in list(self.clients.values()):
-                if client.ring.writer_gone and lib.pyseq_inbound_pending(self._entries + client.index) == 0:
+                if client.ring.writer_gone and lib.pyseq_inbound_pending(self._entries + client.index) == 0 \
+                        and self._room():
                     self._leave(client)
-            self.ring.publish(END_OF_STREAM, b"", timeout=drain_timeout)
+            try:
+                self.ring.publish(END_OF_STREAM, b"", timeout=drain_timeout)
+            except errors.BackPressureError:
+                log.error("sequencer %r: no room for END_OF_STREAM within %.1f s (a stalled journal or a stuck "
+                          "gating reader); closing without it", self.name, drain_timeout)
         finally:
             for client in list(self.clients.values()):
                 # the cursor stays, at the position reached, for the next sequencer to take over
@@ -242,6 +280,8 @@ class Sequencer:
                 client.reader.close(release=False)
                 client.ring.close()
             self.clients.clear()
+            if self.journal is not None:
+                self.journal.stop(drain_timeout)
             self.ring.close()
 
     def __enter__(self) -> "Sequencer":
@@ -265,11 +305,14 @@ class Sequencer:
                            "sequenced": int(e.sequenced), "deferred": int(e.deferred),
                            "pending": int(lib.pyseq_inbound_pending(self._entries + c.index))}
         return {"clients": out, "rounds": int(self._state.rounds), "idle_rounds": int(self._state.idle_rounds),
-                "out_full": int(self._state.out_full), "published_sequence": self.ring.published_sequence}
+                "out_full": int(self._state.out_full), "published_sequence": self.ring.published_sequence,
+                "journal": self.journal.stats() if self.journal is not None else None}
 
     def _housekeeping(self, join: bool = True) -> None:
-        if not lib.pyseq_writer_wait_capacity(self.ring._w, 1, 0, self.idle._c):
+        if not self._room():
             self.ring._evict_stuck_readers(1)  # a dead gating reader must not stop the stream
+            if not self._room():
+                return  # no room for CLIENT_JOINED / CLIENT_LEFT (a stalled journal): later
         if join:
             for name in inbound_clients(self.name):
                 if name not in self.clients and name not in self._ignored:
@@ -282,6 +325,9 @@ class Sequencer:
                 self._leave(client)
             elif client.ring.writer_gone and lib.pyseq_inbound_pending(entry) == 0:
                 self._leave(client)
+
+    def _room(self) -> bool:
+        return bool(lib.pyseq_writer_wait_capacity(self.ring._w, 1, 0, self.idle._c))
 
     def _join(self, name: str) -> None:
         try:

@@ -1,0 +1,96 @@
+/*
+ * ring_inline.h - the inline pieces of ring.c that other C modules of pyseq reuse (journal.c):
+ * slot addressing, the reader's seqlock steps and the idle strategies.  Internal: not in any cdef.
+ */
+#ifndef PYSEQ_RING_INLINE_H
+#define PYSEQ_RING_INLINE_H
+
+#include <sched.h>
+#include <string.h>
+#include <time.h>
+
+#include "atomics.h"
+#include "ring.h"
+
+#define PYSEQ_CLOCK_CHECK_SPINS 128 /* busy-spin iterations between clock reads */
+
+static inline pyseq_frame_t *slot_at(const pyseq_ring_t *ring, int64_t sequence)
+{
+    return (pyseq_frame_t *)(ring->slots + (size_t)(sequence & ring->mask) * ring->slot_size);
+}
+
+/* ---- idle strategies ------------------------------------------------------------------------ */
+
+typedef struct idle_state_s {
+    uint64_t iterations;
+    int64_t park_ns;
+} idle_state_t;
+
+static inline void idle_step(const pyseq_idle_t *idle, idle_state_t *st)
+{
+    uint64_t i = st->iterations++;
+    if (idle->kind == PYSEQ_IDLE_BUSY_SPIN || i < idle->spins) {
+        pyseq_cpu_relax();
+    } else if (idle->kind == PYSEQ_IDLE_SPIN_YIELD || i < (uint64_t)idle->spins + idle->yields) {
+        sched_yield();
+    } else {
+        struct timespec ts = {st->park_ns / 1000000000LL, st->park_ns % 1000000000LL};
+        nanosleep(&ts, NULL);
+        st->park_ns = st->park_ns * 2 > idle->max_park_ns ? idle->max_park_ns : st->park_ns * 2;
+    }
+}
+
+/* True when this iteration should read the clock: every time once the strategy has stopped spinning. */
+static inline int idle_clock_due(const pyseq_idle_t *idle, const idle_state_t *st)
+{
+    if (idle->kind != PYSEQ_IDLE_BUSY_SPIN && st->iterations >= idle->spins)
+        return 1;
+    return (st->iterations % PYSEQ_CLOCK_CHECK_SPINS) == 0;
+}
+
+static inline void idle_start(const pyseq_idle_t *idle, idle_state_t *st)
+{
+    st->iterations = 0;
+    st->park_ns = idle->min_park_ns > 0 ? idle->min_park_ns : 1000;
+}
+
+/* Read step 1 for sequence s: 1 published (and, for a durable reader, journaled), 0 not yet,
+ * PYSEQ_ELAPPED overwritten. */
+static inline int slot_state(pyseq_reader_t *reader, const pyseq_frame_t *f, int64_t s)
+{
+    int64_t v = pyseq_load_acquire(&f->sequence);
+    if (v == s) {
+        if (reader->durable && s > reader->journaled) { /* a durable reader: journaled yet? */
+            reader->journaled = pyseq_load_acquire(&reader->ring.header->journaled_sequence);
+            if (s > reader->journaled)
+                return 0;
+        }
+        return 1;
+    }
+    int64_t a = v < 0 ? -v : v;
+    if (a > s) {
+        reader->lapped_by = a;
+        return PYSEQ_ELAPPED;
+    }
+    return 0;
+}
+
+/* Read step 3: the copy of slot s is whole iff the slot still holds s. */
+static inline int still_holds(pyseq_reader_t *reader, const pyseq_frame_t *f, int64_t s)
+{
+    pyseq_fence_acquire();
+    int64_t v = pyseq_load_relaxed(&f->sequence);
+    if (v == s)
+        return 1;
+    reader->lapped_by = v < 0 ? -v : v;
+    return 0;
+}
+
+static inline void consumed(pyseq_reader_t *reader, int64_t last)
+{
+    reader->next_sequence = last + 1;
+    if (reader->cursor)
+        pyseq_store_release(&reader->cursor->sequence, last); /* step 4 */
+}
+
+#endif /* PYSEQ_RING_INLINE_H */
