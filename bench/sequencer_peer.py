@@ -100,18 +100,18 @@ def sequencer_main(ring: str, idle_name: str, limits: dict, ready, stop: Flag, r
 
 class StreamCheck:
     """Checks a sequenced stream batch by batch (arrays from Reader.read_batch): sequence numbers
-    dense; only MSG_TYPE messages (64 bytes, schema 0, flags 0) and system messages; every
+    dense; only MSG_TYPE messages (64 bytes, schema 0) and system messages; every
     message of a known source carrying that source's next counter (each client's order kept,
     nothing lost, nothing twice); optionally the payload pattern.  Counts per source.
 
     Numpy calls cost microseconds each here, so a batch is checked with a fixed handful of them
     whatever its size: the frame is read as 64-bit words (seq, timestamp, length|type|schema,
-    source|flags, counter), and each client's messages, which the sequencer moves in runs, are
+    source|origin, counter), and each client's messages, which the sequencer moves in runs, are
     checked run by run: consecutive within a run (one vector test), each run continuing where
     that client's last run ended (a Python loop over the runs)."""
 
     FRAME_OFFSETS = {"seq": 0, "timestamp_ns": 8, "length": 16, "msg_type": 20, "schema_version": 22,
-                     "source": 24, "flags": 28, "payload": 32}
+                     "source": 24, "origin": 28, "payload": 32}
 
     def __init__(self, ring_dtype: np.dtype, sources: dict, check_pattern=True):
         """`sources`: {source id: client name}; `check_pattern`: True (every message's payload is
@@ -144,7 +144,7 @@ class StreamCheck:
         if k > len(self._arange):
             self._arange = np.arange(k, dtype=np.int64)
         words = batch.view("<i8").reshape(k, self.words)
-        g = words[:, :5]  # seq, timestamp, length|type|schema, source|flags, counter (a view: a copy costs more)
+        g = words[:, :5]  # seq, timestamp, length|type|schema, source|origin, counter (a view: a copy costs more)
         first = int(g[0, 0]) if self.next_seq is None else self.next_seq
         if not bool((g[:, 0] - self._arange[:k] == first).all()):
             raise BenchFailed(f"sequence numbers not dense: expected {first}..{first + k - 1}, "
@@ -170,7 +170,7 @@ class StreamCheck:
         n = len(g)
         if n == 0:
             return
-        src, cnt = g[:, 3], g[:, 4]
+        src, cnt = g[:, 3] & 0xFFFFFFFF, g[:, 4]  # the low half of word 3 is the source
         if n > 1:
             same = src[1:] == src[:-1]
             if not bool(((cnt[1:] - cnt[:-1] == 1) | ~same).all()):
@@ -189,7 +189,7 @@ class StreamCheck:
             s = int(src[a])
             expected = self.next_counter.get(s)
             if expected is None:
-                raise BenchFailed(f"sequence {int(g[a, 0])}: message from unknown source {s} (or flags set)")
+                raise BenchFailed(f"sequence {int(g[a, 0])}: message from unknown source {s}")
             if int(cnt[a]) != expected:
                 raise BenchFailed(f"client {self.names[s]!r}: counter {int(cnt[a])} where {expected} was "
                                   f"next (sequence {int(g[a, 0])}): lost, repeated or out of order")

@@ -47,8 +47,8 @@
  *   |                  timestamp_ns (CLOCK_REALTIME)                |  16  sequence, sequencing time,
  *   +-------------------------------+---------------+---------------+      payload length, type,
  *   |            length             |   msg_type    | schema_version|  24  schema version, source,
- *   +-------------------------------+---------------+---------------+      flags
- *   |            source             |            flags              |  32
+ *   +-------------------------------+---------------+---------------+      origin
+ *   |            source             |            origin             |  32
  *   +-------------------------------+-------------------------------+
  *   |                    payload (length bytes)                     |  40
  *   ...                                                           ...

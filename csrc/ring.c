@@ -136,7 +136,8 @@ static inline int64_t writable_limit(pyseq_writer_t *writer, int64_t wanted)
 }
 
 static inline void write_slot(const pyseq_ring_t *r, int64_t s, uint16_t msg_type, uint16_t schema_version,
-                              uint32_t source, int64_t timestamp_ns, const void *payload, uint32_t length)
+                              uint32_t source, int64_t timestamp_ns, const void *payload, uint32_t length,
+                              uint32_t origin)
 {
     pyseq_frame_t *f = slot_at(r, s);
     pyseq_store_relaxed(&f->sequence, -s); /* step 1: being written */
@@ -146,7 +147,7 @@ static inline void write_slot(const pyseq_ring_t *r, int64_t s, uint16_t msg_typ
     f->msg_type = msg_type;
     f->schema_version = schema_version;
     f->source = source;
-    f->flags = 0;
+    f->origin = origin;
     memcpy((uint8_t *)f + PYSEQ_FRAME_LENGTH, payload, length);
     pyseq_store_release(&f->sequence, s);  /* step 3: complete */
 }
@@ -154,12 +155,12 @@ static inline void write_slot(const pyseq_ring_t *r, int64_t s, uint16_t msg_typ
 int64_t pyseq_writer_try_publish(pyseq_writer_t *writer, uint16_t msg_type, uint16_t schema_version,
                                  uint32_t source, int64_t timestamp_ns, const void *payload, uint32_t length)
 {
-    return pyseq_writer_try_publish_at(writer, msg_type, schema_version, source, timestamp_ns, payload, length, 0);
+    return pyseq_writer_try_publish_at(writer, msg_type, schema_version, source, timestamp_ns, payload, length, 0, 0);
 }
 
 int64_t pyseq_writer_try_publish_at(pyseq_writer_t *writer, uint16_t msg_type, uint16_t schema_version,
                                     uint32_t source, int64_t timestamp_ns, const void *payload, uint32_t length,
-                                    int64_t now)
+                                    int64_t now, uint32_t origin)
 {
     const pyseq_ring_t *r = &writer->ring;
     if (length > r->slot_size - PYSEQ_FRAME_LENGTH)
@@ -175,7 +176,7 @@ int64_t pyseq_writer_try_publish_at(pyseq_writer_t *writer, uint16_t msg_type, u
         writer->watched_ns = now;
         return PYSEQ_EWATCH;
     }
-    write_slot(r, s, msg_type, schema_version, source, timestamp_ns ? timestamp_ns : now, payload, length);
+    write_slot(r, s, msg_type, schema_version, source, timestamp_ns ? timestamp_ns : now, payload, length, origin);
     pyseq_store_release(&r->header->published_sequence, s); /* step 4 */
     pyseq_store_relaxed(&r->header->writer_heartbeat_ns, now);
     writer->next_sequence = s + 1;
@@ -214,7 +215,7 @@ int64_t pyseq_writer_try_publish_batch(pyseq_writer_t *writer, uint16_t msg_type
     int64_t ts = timestamp_ns ? timestamp_ns : now;
     const uint8_t *src = (const uint8_t *)records;
     for (int64_t i = 0; i < n; i++)
-        write_slot(r, s + i, msg_type, schema_version, source, ts, src + (size_t)i * record_length, record_length);
+        write_slot(r, s + i, msg_type, schema_version, source, ts, src + (size_t)i * record_length, record_length, 0);
     pyseq_store_release(&r->header->published_sequence, s + n - 1);
     pyseq_store_relaxed(&r->header->writer_heartbeat_ns, now);
     writer->next_sequence = s + n;

@@ -78,10 +78,11 @@ void pyseq_writer_init(pyseq_writer_t *writer, void *header, void *cursors, void
 int64_t pyseq_writer_try_publish(pyseq_writer_t *writer, uint16_t msg_type, uint16_t schema_version,
                                  uint32_t source, int64_t timestamp_ns, const void *payload, uint32_t length);
 /* the same, with `now` a CLOCK_REALTIME reading the caller made (0: read the clock): the stamp when
- * timestamp_ns is 0, and the heartbeat (the sequencer stamps one round's messages with one reading) */
+ * timestamp_ns is 0, and the heartbeat (the sequencer stamps one round's messages with one reading);
+ * `origin` goes into the frame (the sequencer: the message's inbound sequence, low 32 bits) */
 int64_t pyseq_writer_try_publish_at(pyseq_writer_t *writer, uint16_t msg_type, uint16_t schema_version,
                                     uint32_t source, int64_t timestamp_ns, const void *payload, uint32_t length,
-                                    int64_t now);
+                                    int64_t now, uint32_t origin);
 /* republish a frame + payload copied out by a reader (frame holds PYSEQ_FRAME_LENGTH + length bytes) */
 int64_t pyseq_writer_try_forward(pyseq_writer_t *writer, const void *frame, int keep_timestamp);
 int64_t pyseq_writer_try_publish_batch(pyseq_writer_t *writer, uint16_t msg_type, uint16_t schema_version,

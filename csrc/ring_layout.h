@@ -40,7 +40,7 @@
  *   +---------------------------------------------------------------+
  *   |                         max_readers                           |  24  cursor table entries
  *   +---------------------------------------------------------------+
- *   |                        flags (0, reserved)                    |  28
+ *   |                        origin                                 |  28
  *   +---------------------------------------------------------------+
  *   |                       cursors_offset                          |  32  = 4096
  *   |                                                               |
@@ -141,7 +141,13 @@
  *   +-------------------------------+-------------------------------+
  *   |                           source                              |  24  who submitted it
  *   +---------------------------------------------------------------+
- *   |                           flags                               |  28  0; reserved for markers
+ *   |                           origin                              |  28  in a sequenced ring: the low
+ *   |                                                               |      32 bits of the message's
+ *   |                                                               |      sequence in its client's
+ *   |                                                               |      inbound ring (a restarted
+ *   |                                                               |      sequencer resumes each client
+ *   |                                                               |      after it: exactly once); 0 for
+ *   |                                                               |      system messages and elsewhere
  *   +---------------------------------------------------------------+
  *   |                  payload (slot_size - 32 bytes)               |  32
  *   ...                                                           ...
@@ -289,7 +295,7 @@ typedef struct pyseq_frame_s {
     uint16_t msg_type;
     uint16_t schema_version;
     uint32_t source;
-    uint32_t flags;
+    uint32_t origin;         /* sequenced ring: low 32 bits of the inbound sequence */
 } pyseq_frame_t;
 
 _Static_assert(offsetof(pyseq_ring_header_t, magic) == 0, "magic");
@@ -332,7 +338,7 @@ _Static_assert(offsetof(pyseq_frame_t, length) == 16, "frame.length");
 _Static_assert(offsetof(pyseq_frame_t, msg_type) == 20, "frame.msg_type");
 _Static_assert(offsetof(pyseq_frame_t, schema_version) == 22, "frame.schema_version");
 _Static_assert(offsetof(pyseq_frame_t, source) == 24, "frame.source");
-_Static_assert(offsetof(pyseq_frame_t, flags) == 28, "frame.flags");
+_Static_assert(offsetof(pyseq_frame_t, origin) == 28, "frame.origin");
 _Static_assert(sizeof(pyseq_frame_t) == PYSEQ_FRAME_LENGTH, "frame is 32 bytes");
 
 #endif /* PYSEQ_RING_LAYOUT_H */

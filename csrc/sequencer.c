@@ -80,7 +80,13 @@ int64_t pyseq_sequencer_round(pyseq_sequencer_t *seq)
             seq->out_full++;
             n = room;
         }
-        for (int64_t k = 0; k < n; k++) {
+        /* The inbound cursor moves only after the messages are in the sequenced ring (detached while
+         * copying, stored once after the run): a crash in between leaves them in the client's ring,
+         * and each one's `origin` lets the next sequencer skip those already sequenced. */
+        pyseq_cursor_t *cursor = in->reader.cursor;
+        in->reader.cursor = NULL;
+        int64_t k = 0;
+        for (; k < n; k++) {
             int64_t s = pyseq_reader_poll(&in->reader, seq->scratch, seq->scratch_length);
             if (s <= 0) {
                 if (s < 0)
@@ -89,9 +95,11 @@ int64_t pyseq_sequencer_round(pyseq_sequencer_t *seq)
             }
             const pyseq_frame_t *f = (const pyseq_frame_t *)seq->scratch;
             int64_t out = pyseq_writer_try_publish_at(seq->out, f->msg_type, f->schema_version, in->source, 0,
-                                                      seq->scratch + PYSEQ_FRAME_LENGTH, f->length, now);
+                                                      seq->scratch + PYSEQ_FRAME_LENGTH, f->length, now,
+                                                      (uint32_t)s);
             if (out <= 0) { /* cannot happen: room was checked and the slot sizes match */
                 in->status = out;
+                in->reader.next_sequence = s; /* not moved: read it again */
                 break;
             }
             if (in->rate_per_s > 0)
@@ -99,6 +107,9 @@ int64_t pyseq_sequencer_round(pyseq_sequencer_t *seq)
             in->sequenced++;
             moved++;
         }
+        in->reader.cursor = cursor;
+        if (cursor && k > 0)
+            pyseq_store_release(&cursor->sequence, in->reader.next_sequence - 1);
     }
     return moved;
 }

@@ -475,7 +475,7 @@ def _iterate(seg: Segment, m: _Mapped, offset: int, expected: int, start: Option
         while offset < end:
             assert data is not None
             record_length = int.from_bytes(data[offset + 4: offset + 8], "little")
-            seq, ts, length, msg_type, version, source, _flags = FRAME.unpack_from(data, offset + 8)
+            seq, ts, length, msg_type, version, source, _origin = FRAME.unpack_from(data, offset + 8)
             if wanted is None or msg_type in wanted:
                 yield Message(seq, ts, msg_type, version, source, data[offset + RECORD_OVERHEAD:
                                                                      offset + RECORD_OVERHEAD + length])

@@ -9,7 +9,7 @@ import numpy as np
 from ._native import lib
 
 FRAME_LENGTH: int = lib.PYSEQ_FRAME_LENGTH
-# The frame header of ring_layout.h: sequence, timestamp_ns, length, msg_type, schema_version, source, flags
+# The frame header of ring_layout.h: sequence, timestamp_ns, length, msg_type, schema_version, source, origin
 FRAME = struct.Struct("<qqIHHII")
 assert FRAME.size == FRAME_LENGTH
 
@@ -39,7 +39,7 @@ def batch_dtype(slot_size: int) -> np.dtype:
     """
     return np.dtype([
         ("seq", "<i8"), ("timestamp_ns", "<i8"), ("length", "<u4"), ("msg_type", "<u2"),
-        ("schema_version", "<u2"), ("source", "<u4"), ("flags", "<u4"),
+        ("schema_version", "<u2"), ("source", "<u4"), ("origin", "<u4"),
         ("payload", "u1", (slot_size - FRAME_LENGTH,)),
     ])
 

@@ -28,6 +28,8 @@ import time
 import zlib
 from typing import Any, Mapping, Optional
 
+import numpy as np
+
 from . import errors
 from ._native import ffi, lib
 from .idle import IdleStrategy, default_idle
@@ -72,6 +74,39 @@ def running_limits(sequenced: Ring) -> "Limits":
         return Limits.from_mapping(json.loads(sequenced.notes or "{}"))
     except (ValueError, TypeError):
         return Limits()
+
+
+def last_origins(ring: str) -> dict[int, int]:
+    """{source: origin} of the last message of each client in the ring ``ring`` of a sequencer that
+    died (empty if there is no such ring): ``origin`` is the low 32 bits of that message's sequence in
+    the client's inbound ring, or 0 if the client's last word was CLIENT_JOINED/CLIENT_LEFT."""
+    if not Ring.exists(ring):
+        return {}
+    try:
+        old = Ring.attach(ring)
+    except errors.PyseqError:
+        return {}
+    with old:
+        if not old.writer_gone or old.published_sequence < old.first_sequence:
+            return {}
+        with old.reader("origins", start="earliest") as reader:
+            try:
+                batch = reader.read_batch(old.capacity, timeout=0)
+            except errors.PyseqError as e:
+                log.warning("sequencer %r: cannot read the previous ring's tail: %s", ring, e)
+                return {}
+    types = batch["msg_type"]
+    keep = (types < SYSTEM_FIRST) | (types == CLIENT_JOINED) | (types == CLIENT_LEFT)
+    origins = np.where(types[keep] < SYSTEM_FIRST, batch["origin"][keep], 0)
+    return dict(zip(batch["source"][keep].tolist(), origins.tolist()))  # the last one of each source wins
+
+
+def _unwrap(low32: int, near: int) -> int:
+    """The sequence whose low 32 bits are ``low32`` nearest to ``near``."""
+    delta = (low32 - near) & 0xFFFFFFFF
+    if delta >= 1 << 31:
+        delta -= 1 << 32
+    return near + delta
 
 
 def source_id(client: str) -> int:
@@ -177,6 +212,8 @@ class Sequencer:
                     f"first_sequence {first_sequence} conflicts with journal {journal!r}, which ends at {last}: "
                     f"the sequence resumes at {last + 1} (leave first_sequence out)")
             first_sequence = first_sequence or last + 1
+        # what a predecessor that died sequenced from each client, by the `origin` stamps in its ring
+        self._origins = last_origins(ring)
         try:
             self.ring = Ring.create(ring, capacity, slot_size, max_readers=max_readers,
                                     first_sequence=first_sequence or 1, idle=self.idle, reader_timeout=reader_timeout)
@@ -358,11 +395,19 @@ class Sequencer:
             ring.close()
             return
         start: Any = "earliest"
-        for old in ring.readers():  # a predecessor's cursor: resume where it stopped
-            if old["name"] == SEQUENCER_CURSOR and old["state"] in ("active", "evicted") and \
-                    (not old["alive"] or old["pid"] == os.getpid()):
+        # a predecessor's cursor: resume where it stopped.  Its process may still be alive (closed,
+        # exiting): it no longer reads, since this sequencer holds the sequenced ring's writer lock.
+        for old in ring.readers():
+            if old["name"] == SEQUENCER_CURSOR and old["state"] in ("active", "evicted"):
                 start = max(ring.first_sequence, old["sequence"] + 1)
                 lib.pyseq_cursor_release(ring._mapping().cursors + old["index"])
+                origin = self._origins.pop(source, 0)
+                if origin:  # sequenced by the predecessor after its last cursor store: skip them
+                    done = min(_unwrap(origin, start - 1), ring.published_sequence)
+                    if done >= start:
+                        log.info("sequencer %r: client %r: %d messages were sequenced before the predecessor "
+                                 "stored its cursor; skipping them", self.name, name, done - start + 1)
+                        start = done + 1
                 log.info("sequencer %r: client %r resumes at its sequence %d", self.name, name, start)
         reader = ring.reader(SEQUENCER_CURSOR, gating=True, start=start)
         index = free[0]

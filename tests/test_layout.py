@@ -24,7 +24,7 @@ HEADER_OFFSETS = {
 }
 CURSOR_OFFSETS = {"sequence": 0, "state": 8, "gating": 12, "pid": 16, "heartbeat_ns": 24, "name": 32}
 FRAME_OFFSETS = {"sequence": 0, "timestamp_ns": 8, "length": 16, "msg_type": 20, "schema_version": 22,
-                 "source": 24, "flags": 28}
+                 "source": 24, "origin": 28}
 FIELD_SIZES = {
     "pyseq_ring_header_t": {"magic": 8, "layout_version": 4, "slot_size": 4, "capacity": 8, "max_readers": 4,
                             "flags": 4, "cursors_offset": 8, "slots_offset": 8, "file_length": 8, "created_ns": 8,
@@ -34,7 +34,7 @@ FIELD_SIZES = {
                             "journal_errors": 8},
     "pyseq_cursor_t": {"sequence": 8, "state": 4, "gating": 4, "pid": 8, "heartbeat_ns": 8, "name": 32},
     "pyseq_frame_t": {"sequence": 8, "timestamp_ns": 8, "length": 4, "msg_type": 2, "schema_version": 2,
-                      "source": 4, "flags": 4},
+                      "source": 4, "origin": 4},
 }
 
 
@@ -83,7 +83,7 @@ def test_the_layout_constants_are_the_documented_ones() -> None:
 def test_the_batch_dtype_field_offsets_are_the_frame_offsets(slot_size: int) -> None:
     dtype = pyseq.batch_dtype(slot_size)
     names = {"seq": "sequence", "timestamp_ns": "timestamp_ns", "length": "length", "msg_type": "msg_type",
-             "schema_version": "schema_version", "source": "source", "flags": "flags"}
+             "schema_version": "schema_version", "source": "source", "origin": "origin"}
     for dtype_field, frame_field in names.items():
         assert dtype.fields[dtype_field][1] == FRAME_OFFSETS[frame_field], dtype_field
         assert dtype.fields[dtype_field][0].itemsize == FIELD_SIZES["pyseq_frame_t"][frame_field], dtype_field
