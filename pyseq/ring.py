@@ -939,8 +939,14 @@ class Reader(HotReader):
                 return
             elif seq == 0:
                 self._check_open()
-                if self.ring.writer_gone and self.next_sequence > self.ring.published_sequence:
-                    return
+                if self.ring.writer_gone:
+                    seq = self._read_status(0)  # the writer's last word, published before it went
+                    if seq > 0:
+                        yield self._message()
+                    elif seq == 0:  # everything read (a durable reader: everything journaled)
+                        return
+                    else:
+                        self._raise(seq)
             else:
                 self._raise(seq)
 

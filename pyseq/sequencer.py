@@ -15,6 +15,13 @@ ring, so readers see the end of the stream.
 System messages (message types from 0xFF00) are sequenced like any other, so every replica sees
 the same facts at the same sequence: CLIENT_JOINED and CLIENT_LEFT (payload: the client's name,
 source: its source id) and END_OF_STREAM.
+
+With ``journal=DIR`` a journaler thread (pyseq.journaler) persists the stream, and a restart
+continues it: the journal's torn tail is truncated, what a killed predecessor sequenced but had not
+journaled is taken from its ring, and numbering resumes right after.  Each client is resumed
+exactly once: every sequenced message carries the low 32 bits of its sequence in the client's
+inbound ring (``origin`` in the frame), the inbound cursor moves only after the publish, and a new
+sequencer skips what its predecessor sequenced after its last cursor store.
 """
 from __future__ import annotations
 
@@ -189,7 +196,7 @@ class Sequencer:
                  first_sequence: Optional[int] = None, idle: Optional[IdleStrategy] = None, slice_s: float = 0.01,
                  scan_interval_s: float = 0.05, reader_timeout: float = 10.0, journal: Optional[str] = None,
                  fsync: "str | FsyncPolicy" = "batch", segment_bytes: int = DEFAULT_SEGMENT_BYTES,
-                 journal_idle: Optional[IdleStrategy] = None) -> None:
+                 journal_idle: Optional[IdleStrategy] = None, journal_schema: tuple[int, int] = (0, 0)) -> None:
         validate_sequenced_name(ring)
         if not 1 <= max_clients <= 4096 or not 1 <= batch <= 1 << 20:
             raise ValueError(f"max_clients must be 1..4096 and batch 1..2**20, not {max_clients}, {batch}")
@@ -224,7 +231,8 @@ class Sequencer:
         if journal is not None:
             try:
                 self.journal = Journaler(os.fspath(journal), self.ring, fsync=policy, segment_bytes=segment_bytes,
-                                         idle=journal_idle or self.idle, lock_fd=lock_fd)
+                                         idle=journal_idle or self.idle, lock_fd=lock_fd,
+                                         schema_id=journal_schema[0], schema_version=journal_schema[1])
             except BaseException:
                 os.close(lock_fd)  # type: ignore[arg-type]
                 self.ring.close()
@@ -268,6 +276,9 @@ class Sequencer:
         """One slice of the C loop (GIL released), then housekeeping; the messages moved."""
         if self.closed:
             raise errors.RingClosedError(f"sequencer {self.name!r} is closed")
+        if self.journal is not None and self.journal.failure is not None:
+            raise errors.JournalError(f"sequencer {self.name!r}: its journaler failed: {self.journal.failure}") \
+                from self.journal.failure
         now = time.monotonic()
         if now - self._last_scan >= self.scan_interval_s:
             self._last_scan = now

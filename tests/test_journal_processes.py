@@ -262,3 +262,21 @@ def test_a_durable_reader_sees_only_what_is_journaled(ring_name: str) -> None:
         assert batch["seq"].tolist() == [4, 5]
     finally:
         ring.close()
+
+
+def test_a_durable_reader_ends_at_the_journal_when_the_writer_is_gone(ring_name: str) -> None:
+    ring = pyseq.Ring.create(ring_name, 64, 128)
+    header = ring._w.ring.header
+    header.journal_state = 1
+    for i in range(5):
+        ring.publish(MSG, payload(i))
+    header.journaled_sequence = 3
+    reader_ring = pyseq.Ring.attach(ring_name)
+    try:
+        durable = reader_ring.reader("d", durable=True)
+        ring.close()  # the writer is gone; 4 and 5 were never journaled
+        assert [m.seq for m in durable] == [1, 2, 3]  # iteration ends, it does not spin
+        with pytest.raises(pyseq.EndOfStreamError):
+            durable.read(timeout=1)
+    finally:
+        reader_ring.close()
