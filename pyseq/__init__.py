@@ -4,7 +4,8 @@ The public API; everything else is private.
 """
 from __future__ import annotations
 
-from .errors import (BackPressureError, ClientNameInUseError, EndOfStreamError, LappedError, MessageTooLargeError, NotWriterError, PyseqError,
+from .errors import (BackPressureError, ClientNameInUseError, EndOfStreamError, JournalCorruptError, JournalError,
+                     JournalLockedError, JournalNotFoundError, LappedError, MessageTooLargeError, NotWriterError, PyseqError,
                      ReaderEvictedError, ReaderTableFullError, RingClosedError, RingConfigError,
                      RingExistsError, RingFormatError, RingNameError, RingNotFoundError, RingNotReadyError,
                      RingPermissionError, SchemaCompatibilityError, SchemaError, SequencerNotRunningError,
@@ -14,6 +15,8 @@ from .message import FRAME_LENGTH, Message, batch_dtype, batch_payloads
 from .ring import Reader, Ring
 from .sequencer import CLIENT_JOINED, CLIENT_LEFT, END_OF_STREAM, SYSTEM_FIRST, Limit, Limits, Sequencer
 from .client import Client
+from .journal import Journal, VerifyReport
+from .journaler import FsyncPolicy, Journaler
 from . import schema
 from .schema import Record, check_compatible
 
@@ -28,4 +31,6 @@ __all__ = [
     "NotWriterError", "EndOfStreamError", "ReaderTableFullError", "ReaderEvictedError", "LappedError", "BackPressureError",
     "MessageTooLargeError", "TimeoutError", "WriterStalledError", "ClientNameInUseError",
     "SequencerNotRunningError", "SequencerStoppedError", "SchemaError", "SchemaCompatibilityError",
+    "Journal", "VerifyReport", "Journaler", "FsyncPolicy",
+    "JournalError", "JournalNotFoundError", "JournalLockedError", "JournalCorruptError",
 ]
