@@ -1,8 +1,10 @@
-"""The ``pyseq`` command: ``sequencer``, ``stat`` and ``tail`` (``pyseq <command> --help``).
+"""The ``pyseq`` command: ``sequencer``, ``stat``, ``tail``, ``journal`` and ``replay``
+(``pyseq <command> --help``).
 
-Exit codes: 0 done (Ctrl-C included), 1 a runtime failure (a missing ring, a live writer in the
-way), 2 a usage error.  ``stat`` and ``tail`` only attach: they never create a ring.  The scripts in
-``tools/`` call :func:`main` and hold no logic of their own.
+Exit codes: 0 done (Ctrl-C included), 1 a runtime failure (a missing ring or journal, a live writer
+in the way, a corrupt journal), 2 a usage error.  ``stat`` and ``tail`` only attach: they never
+create a ring; ``journal`` and ``replay`` only read the journal (``replay --into`` creates the ring
+it republishes into).  The scripts in ``tools/`` call :func:`main` and hold no logic of their own.
 """
 from __future__ import annotations
 
@@ -15,20 +17,23 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from . import errors, schema
 from .idle import BackoffIdle, BusySpin, IdleStrategy, SpinYield, default_idle
-from .message import Message
+from .journal import Journal
+from .journaler import DEFAULT_SEGMENT_BYTES, FsyncPolicy
+from .message import FRAME_LENGTH, Message
 from .ring import Ring, Start, validate_name
-from .sequencer import (CLIENT_JOINED, CLIENT_LEFT, END_OF_STREAM, SEQUENCER_CURSOR, Limit, Limits,
-                        Sequencer, inbound_clients, inbound_name, source_id)
+from .sequencer import (CLIENT_JOINED, CLIENT_LEFT, END_OF_STREAM, INBOUND_INFIX, SEQUENCER_CURSOR, Limit,
+                        Limits, Sequencer, inbound_clients, inbound_name, source_id)
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 IDLE: dict[str, Callable[[], IdleStrategy]] = {"busy-spin": BusySpin, "spin-yield": SpinYield, "backoff": BackoffIdle}
 SYSTEM_TYPES = {CLIENT_JOINED: "CLIENT_JOINED", CLIENT_LEFT: "CLIENT_LEFT", END_OF_STREAM: "END_OF_STREAM"}
 RATE_SAMPLE_S = 0.2  # stat measures rates over this interval
 TAIL_CURSOR = "pyseq-tail"
+REPLAY_CAPACITY = 65536  # default slots of the ring `replay --into` creates
 
 log = logging.getLogger("pyseq.cli")
 
@@ -65,6 +70,32 @@ _rate_arg = _number(float, 0, "a number >= 0")
 _seconds = _number(float, 0, "a number of seconds >= 0")
 
 
+def _fsync(text: str) -> str:
+    try:
+        return str(FsyncPolicy.parse(text))
+    except errors.JournalError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _msg_type(text: str) -> int:
+    by_name = {name: t for t, name in SYSTEM_TYPES.items()}
+    if text.upper() in by_name:
+        return by_name[text.upper()]
+    try:
+        value = int(text, 0)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 0xFFFF:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a message type (0..65535, or one of "
+                                         f"{', '.join(sorted(by_name))})")
+    return value
+
+
+_segment_bytes = _number(int, 4096, "a number of bytes >= 4096")
+_positive_rate = _number(float, 1e-9, "a number of messages/s > 0")
+_readers = _number(int, 0, "an integer >= 0")
+
+
 def _start(text: str) -> Start:
     if text in ("earliest", "latest"):
         return text
@@ -78,7 +109,7 @@ def _start(text: str) -> Start:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="pyseq", description="Run a pyseq sequencer, or look at its rings.",
+        prog="pyseq", description="Run a pyseq sequencer, look at its rings, read its journal.",
         epilog="exit codes: 0 ok, 1 runtime failure, 2 usage error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -98,8 +129,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-clients", type=_count, default=64, help="clients at once (default 64)")
     p.add_argument("--max-readers", type=_count, default=16, help="reader cursors in the ring (default 16)")
     p.add_argument("--idle", choices=sorted(IDLE), help="idle strategy (default: $PYSEQ_IDLE, else busy-spin)")
-    p.add_argument("--first-sequence", type=_sequence, default=1, help="sequence of the first message (default 1)")
+    p.add_argument("--first-sequence", type=_sequence,
+                   help="sequence of the first message (default 1; with --journal, the one after the journal's last)")
     p.add_argument("--duration", type=_seconds, help="stop by itself after this many seconds")
+    p.add_argument("--journal", metavar="DIR", help="journal every sequenced message into DIR (created if needed); "
+                   "at start, a torn tail is truncated and the numbering resumes after the journal's last sequence")
+    p.add_argument("--fsync", type=_fsync, metavar="never|batch|interval:MS",
+                   help="when the journal is fdatasync'ed (default batch: after every write)")
+    p.add_argument("--segment-bytes", type=_segment_bytes,
+                   help=f"journal segment file size (default {DEFAULT_SEGMENT_BYTES})")
     p.set_defaults(run=_run_sequencer, parser=p)
 
     p = sub.add_parser("stat", help="positions, lag, rates, liveness and per-client counts",
@@ -107,7 +145,8 @@ def _parser() -> argparse.ArgumentParser:
                                    "client's inbound ring (submitted, sequenced, back-pressured, deferred). "
                                    f"Rates are measured over {RATE_SAMPLE_S} s. Attaches read-only.")
     p.add_argument("ring", metavar="RING", type=_ring_name)
-    p.add_argument("--json", action="store_true", help="one JSON object (keys: ring, clients, readers) a sample")
+    p.add_argument("--json", action="store_true", help="one JSON object (keys: ring, clients, readers) a sample; "
+                   "ring holds the journal's state too (journal_state, journaled_sequence, journal_lag, ...)")
     p.add_argument("--watch", metavar="SECONDS", type=_number(float, 0.01, "a number of seconds >= 0.01"),
                    help="repeat every SECONDS until Ctrl-C")
     p.set_defaults(run=_run_stat, parser=p)
@@ -125,6 +164,61 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--schema", metavar="MODULE", action="append", default=[],
                    help="import MODULE (its record declarations decode payloads); repeatable")
     p.set_defaults(run=_run_tail, parser=p)
+
+    p = sub.add_parser("journal", help="check or describe a journal directory",
+                       description="Read a journal directory (what `pyseq sequencer --journal DIR` writes); "
+                                   "safe while the sequencer writes it.")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    a = actions.add_parser("verify", help="check every record; exit 1 if the journal is corrupt",
+                           description="Check every record of every segment (length, checksum, sequence) and "
+                                       "list every problem: its segment, offset and sequence. A torn tail (the "
+                                       "last record of the last segment cut short by a crash) alone is reported "
+                                       "but is not corruption: the next sequencer start truncates it. Exit 0 if "
+                                       "the journal is sound, 1 if it is corrupt.")
+    a.add_argument("journal", metavar="DIR")
+    a.add_argument("--json", action="store_true", help="one JSON object (keys: ok, segments, records, first_seq, "
+                   "last_seq, bytes, torn_tail, problems)")
+    a.set_defaults(run=_run_journal_verify, parser=a)
+    a = actions.add_parser("info", help="sequence range, records, segments, counts by message type",
+                           description="Describe a journal: first and last sequence, records, segments, bytes, "
+                                       "message counts by type and every segment (a full scan).")
+    a.add_argument("journal", metavar="DIR")
+    a.add_argument("--json", action="store_true", help="one JSON object (keys: first_seq, last_seq, records, "
+                   "segments, bytes, by_type, segment_list)")
+    a.set_defaults(run=_run_journal_info, parser=a)
+
+    p = sub.add_parser("replay", help="print a journal's messages, or republish them into a ring",
+                       description="Read the messages of journal DIR in sequence order (--from/--to/--type "
+                                   "select). Without --into, print one line a message, decoded like tail (sources "
+                                   "are named from the CLIENT_JOINED messages replayed). With --into RING, create "
+                                   "RING and publish them into it with their message type, schema version, source "
+                                   "and original timestamp; its first sequence is the first replayed one, so the "
+                                   "sequences match the journal's when nothing is filtered out. Ends with the count "
+                                   "and the rate achieved; the ring stays unless --remove-after.")
+    p.add_argument("journal", metavar="DIR")
+    p.add_argument("--from", dest="start", type=_sequence, metavar="SEQ", help="first sequence (default: the first)")
+    p.add_argument("--to", dest="stop", type=_sequence, metavar="SEQ",
+                   help="last sequence, included (default: the last)")
+    p.add_argument("--type", dest="types", type=_msg_type, action="append", metavar="TYPE",
+                   help="only messages of this type (a number, or CLIENT_JOINED, CLIENT_LEFT, END_OF_STREAM); "
+                        "repeatable")
+    p.add_argument("--raw", action="store_true", help="payloads as hex, not decoded")
+    p.add_argument("--schema", metavar="MODULE", action="append", default=[],
+                   help="import MODULE (its record declarations decode payloads); repeatable")
+    g = p.add_argument_group("republishing into a ring")
+    g.add_argument("--into", metavar="RING", type=_ring_name, help="create RING and publish the messages into it")
+    g.add_argument("--capacity", type=_count, help=f"its slots, a power of two (default {REPLAY_CAPACITY})")
+    g.add_argument("--slot-size", type=_count,
+                   help="its slot size, a multiple of 64 (default and minimum: the journal's max payload + 32, "
+                        "rounded up to 64)")
+    g.add_argument("--rate", type=_positive_rate, metavar="MSG/S",
+                   help="publish at this rate (a deadline schedule from the first message); default: as fast as "
+                        "the ring's gating readers allow")
+    g.add_argument("--wait-readers", type=_readers, default=0, metavar="N",
+                   help="start publishing once N readers have attached to the ring (default 0)")
+    g.add_argument("--remove-after", action="store_true", help="remove the ring when done")
+    g.add_argument("--json", action="store_true", help="the final report as one JSON object")
+    p.set_defaults(run=_run_replay, parser=p)
     return parser
 
 
@@ -139,7 +233,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return int(args.run(args))
     except UsageError as e:
         args.parser.print_usage(sys.stderr)
-        print(f"pyseq {args.command}: error: {e}", file=sys.stderr)
+        print(f"{args.parser.prog}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_OK
@@ -147,7 +241,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     except (errors.PyseqError, OSError) as e:
-        print(f"pyseq {args.command}: {e}", file=sys.stderr)
+        print(f"{args.parser.prog}: {e}", file=sys.stderr)
         return EXIT_FAILURE
 
 
@@ -168,17 +262,50 @@ def _limits(args: argparse.Namespace) -> Limits:
         raise UsageError(f"{where}: {e}") from None
 
 
+def _journal_options(args: argparse.Namespace) -> dict[str, Any]:
+    if args.journal is None:
+        given = [flag for flag, value in (("--fsync", args.fsync), ("--segment-bytes", args.segment_bytes))
+                 if value is not None]
+        if given:
+            raise UsageError(f"{' and '.join(given)} {'need' if len(given) > 1 else 'needs'} --journal DIR")
+        return {}
+    return {"journal": args.journal, "fsync": args.fsync or "batch",
+            "segment_bytes": args.segment_bytes or DEFAULT_SEGMENT_BYTES}
+
+
+def recovery_line(sequencer: Sequencer, path: str) -> str:
+    """What a sequencer with a journal found at start, in one line."""
+    assert sequencer.journal is not None and sequencer.recovery is not None
+    report, resumed = sequencer.recovery, sequencer.ring.first_sequence
+    found = f"ends at sequence {report.last_sequence} ({_plural(report.segments, 'segment')})" \
+        if report.last_sequence else "empty"
+    parts = [f"journal {path} (fsync {sequencer.journal.policy}): {found}"]
+    if report.torn_tail is not None:
+        t = report.torn_tail
+        parts.append(f"torn tail truncated ({t.bytes} bytes at offset {t.offset} of {t.segment}: {t.reason})")
+    if resumed - 1 > report.last_sequence:
+        parts.append(f"journaled sequences {report.last_sequence + 1}..{resumed - 1} left unjournaled in the old "
+                     f"ring by the previous sequencer")
+    parts.append(f"resumed at sequence {resumed}")
+    return "; ".join(parts)
+
+
 def _run_sequencer(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     limits = _limits(args)
+    journal = _journal_options(args)
     try:
         idle = IDLE[args.idle]() if args.idle else default_idle()
         sequencer = Sequencer(args.ring, capacity=args.capacity, slot_size=args.slot_size, limits=limits,
                               batch=args.batch, max_clients=args.max_clients, max_readers=args.max_readers,
-                              first_sequence=args.first_sequence, idle=idle)
+                              first_sequence=args.first_sequence, idle=idle, **journal)
     except ValueError as e:  # RingConfigError, a bad PYSEQ_IDLE, a name too long for inbound rings
         raise UsageError(str(e)) from None
+    if sequencer.journal is not None:
+        line = recovery_line(sequencer, args.journal)
+        log.info("sequencer %r: %s", args.ring, line)
+        print(line, flush=True)
 
     stopped_by: list[str] = []
 
@@ -268,6 +395,14 @@ def stat(name: str, sample_s: float = RATE_SAMPLE_S) -> dict[str, Any]:
                                     "writer_pid", "writer_alive", "writer_state", "eviction_count", "full_count")}
     summary["heartbeat_age_s"] = round((time.time_ns() - info["writer_heartbeat_ns"]) / 1e9, 3)
     summary["rate"] = _rate(info0["published_sequence"], info["published_sequence"], dt)
+    journaled = info["journal_state"] != "none"
+    summary.update({
+        "journal_state": info["journal_state"],
+        "journal_fsync": info["journal_fsync"] if journaled else None,
+        "journaled_sequence": info["journaled_sequence"] if journaled else None,
+        "journal_lag": max(0, info["published_sequence"] - info["journaled_sequence"]) if journaled else None,
+        "journal_errors": info["journal_errors"] if journaled else None,
+    })
     return {"ring": summary, "clients": clients, "readers": readers}
 
 
@@ -287,6 +422,9 @@ def format_stat(s: dict[str, Any]) -> str:
         f"capacity {r['capacity']} x {r['slot_size']} B, evictions {r['eviction_count']}, full {r['full_count']}",
         f"writer pid {r['writer_pid']} {'alive' if r['writer_alive'] else 'NOT ALIVE'} ({r['writer_state']}), "
         f"heartbeat {r['heartbeat_age_s']:.3f} s ago",
+        "journal none" if r["journal_state"] == "none" else
+        f"journal {r['journal_state']} (fsync {r['journal_fsync']}): journaled {r['journaled_sequence']} "
+        f"(lag {r['journal_lag']}), write errors {r['journal_errors']}",
         f"readers ({len(s['readers'])})",
     ]
     lines += _table(s["readers"], [("name", "name"), ("pid", "pid"), ("alive", "alive"), ("gating", "gating"),
@@ -354,14 +492,18 @@ def format_message(msg: Message, sources: dict[int, str], raw: bool = False) -> 
     return f"{msg.seq} {_timestamp(msg.timestamp_ns)} {kind} src={source} {payload}".rstrip()
 
 
-def _run_tail(args: argparse.Namespace) -> int:
+def _import_schemas(modules: list[str]) -> None:
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # a console script does not see modules in the current directory
-    for module in args.schema:
+    for module in modules:
         try:
             importlib.import_module(module)
         except Exception as e:
             raise errors.PyseqError(f"--schema {module}: cannot import it: {type(e).__name__}: {e}") from None
+
+
+def _run_tail(args: argparse.Namespace) -> int:
+    _import_schemas(args.schema)
     sources = {source_id(c): c for c in client_names(args.ring)}
     shown = 0
     with Ring.attach(args.ring) as ring, ring.reader(TAIL_CURSOR, start=args.start, idle=BackoffIdle()) as reader:
@@ -386,6 +528,207 @@ def _run_tail(args: argparse.Namespace) -> int:
                 break
     sys.stdout.flush()
     return EXIT_OK
+
+
+# ---- journal -----------------------------------------------------------------------------------
+
+def open_journal(path: str) -> Journal:
+    """The journal at ``path`` for reading; :class:`JournalNotFoundError` if it is not a directory
+    or holds no segment file."""
+    journal = Journal(path)
+    if not journal.segment_files():
+        raise errors.JournalNotFoundError(f"{path!r} holds no journal segment (no *.seg file)")
+    return journal
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _sequences(first: Optional[int], last: Optional[int]) -> str:
+    return "no records" if first is None else f"sequences {first}..{last}"
+
+
+def _type_name(msg_type: int) -> str:
+    return SYSTEM_TYPES.get(msg_type, str(msg_type))
+
+
+def _run_journal_verify(args: argparse.Namespace) -> int:
+    report = open_journal(args.journal).verify()
+    torn = report.torn_tail
+    if args.json:
+        out = report.to_mapping()
+        out["torn_tail"] = None if torn is None else next(p for p in out["problems"] if p["torn_tail"])
+        print(json.dumps(out))
+    else:
+        corrupt = [p for p in report.problems if not p.torn_tail]
+        verdict = f"CORRUPT ({_plural(len(corrupt), 'problem')})" if corrupt else "ok"
+        print(f"journal {args.journal}: {_plural(report.segments, 'segment')}, {_plural(report.records, 'record')} "
+              f"({_sequences(report.first_seq, report.last_seq)}), {report.bytes} bytes: {verdict}")
+        for problem in report.problems:
+            note = " (the next sequencer start truncates it)" if problem.torn_tail else ""
+            print(f"  {problem}{note}")
+    return EXIT_OK if report.ok else EXIT_FAILURE
+
+
+def _run_journal_info(args: argparse.Namespace) -> int:
+    info = open_journal(args.journal).info()
+    if args.json:
+        print(json.dumps(info))
+        return EXIT_OK
+    segments = info["segment_list"]
+    print(f"journal {args.journal}: {_sequences(info['first_seq'], info['last_seq'])}, "
+          f"{_plural(info['records'], 'record')} in {_plural(info['segments'], 'segment')}, {info['bytes']} bytes")
+    rings = sorted({(s["ring"], s["max_payload"], s["schema_id"], s["schema_version"]) for s in segments})
+    for ring, max_payload, schema_id, schema_version in rings:
+        print(f"written from ring {ring!r}: max payload {max_payload} bytes, schema {schema_id}/{schema_version}")
+    by_type = ", ".join(f"{_type_name(int(t))} {n}" for t, n in info["by_type"].items())
+    print(f"by type: {by_type or '-'}")
+    if any(not s["complete"] for s in segments):
+        print("a segment ends in a record that is not valid: `pyseq journal verify` says what it is")
+    for line in _table(segments, [("file", "segment"), ("first_seq", "first"), ("last_seq", "last"),
+                                  ("records", "records"), ("bytes", "bytes"), ("complete", "complete")]):
+        print(line)
+    return EXIT_OK
+
+
+# ---- replay ------------------------------------------------------------------------------------
+
+def _check_replay_args(args: argparse.Namespace) -> None:
+    if args.start is not None and args.stop is not None and args.start > args.stop:
+        raise UsageError(f"--from {args.start} is after --to {args.stop}")
+    ring_only = [flag for flag, given in (("--capacity", args.capacity is not None),
+                                          ("--slot-size", args.slot_size is not None),
+                                          ("--rate", args.rate is not None), ("--wait-readers", args.wait_readers),
+                                          ("--remove-after", args.remove_after), ("--json", args.json)) if given]
+    if args.into is None and ring_only:
+        raise UsageError(f"{', '.join(ring_only)}: only with --into RING")
+    if args.into is not None and (args.raw or args.schema):
+        raise UsageError("--raw and --schema are for printing; --into republishes the payloads as they are")
+    if args.into is not None and INBOUND_INFIX in args.into:
+        raise UsageError(f"--into {args.into}: {INBOUND_INFIX!r} marks a client's inbound ring; choose another name")
+
+
+def _no_match_note(journal: Journal) -> str:
+    segments = journal.segments()
+    first, last = segments[0].first_sequence, journal.last_sequence()
+    held = f"sequences {first}..{last}" if last >= first else "no records"
+    return f"no records matched (the journal holds {held})"
+
+
+def _run_replay(args: argparse.Namespace) -> int:
+    _check_replay_args(args)
+    journal = open_journal(args.journal)
+    if args.into is not None:
+        return _replay_into(args, journal)
+    _import_schemas(args.schema)
+    wanted = None if args.types is None else set(args.types)
+    sources: dict[int, str] = {}
+    shown = 0
+    names = None if wanted is None else wanted | {CLIENT_JOINED, CLIENT_LEFT}
+    write = sys.stdout.write
+    messages = journal.records(args.start, args.stop, names)
+    for msg in messages:
+        if msg.msg_type in (CLIENT_JOINED, CLIENT_LEFT):
+            sources[msg.source] = msg.payload.decode(errors="replace")
+        if wanted is None or msg.msg_type in wanted:
+            write(format_message(msg, sources, args.raw) + "\n")
+            shown += 1
+    sys.stdout.flush()
+    if not shown:
+        print(f"{args.parser.prog}: {_no_match_note(journal)}", file=sys.stderr)
+    return EXIT_OK
+
+
+def replay_slot_size(journal: Journal) -> int:
+    """The smallest slot size of a ring that holds every payload of ``journal``."""
+    largest = max((s.max_payload for s in journal.segments()), default=0)
+    return max(64, (largest + FRAME_LENGTH + 63) // 64 * 64)
+
+
+def _wait_for_readers(ring: Ring, count: int) -> None:
+    if count <= 0:
+        return
+    print(f"ring {ring.name}: waiting for {_plural(count, 'reader')} to attach", file=sys.stderr, flush=True)
+    while sum(r["state"] == "active" and r["alive"] for r in ring.readers()) < count:
+        time.sleep(0.005)
+
+
+def _replay_into(args: argparse.Namespace, journal: Journal) -> int:
+    own = {s.ring_name for s in journal.segments()}
+    if args.into in own:
+        raise UsageError(f"--into {args.into}: this journal was written from that ring; replaying into it would "
+                         f"replace it (choose another name)")
+    need = replay_slot_size(journal)
+    slot_size = args.slot_size or need
+    if slot_size < need:
+        raise UsageError(f"--slot-size {slot_size}: the journal's payloads need slots of at least {need} bytes")
+    messages = journal.records(args.start, args.stop, args.types)
+    first = next(messages, None)
+    first_sequence = first.seq if first is not None else (args.start or journal.segments()[0].first_sequence)
+    try:
+        ring = Ring.create(args.into, args.capacity or REPLAY_CAPACITY, slot_size, first_sequence=first_sequence,
+                           idle=BackoffIdle())
+    except errors.RingConfigError as e:
+        raise UsageError(str(e)) from None
+    count, last, started, interrupted = 0, None, time.monotonic(), False
+    try:
+        _wait_for_readers(ring, args.wait_readers)
+        publish, rate, due = ring.publish, args.rate, 0
+        started = time.monotonic()
+        msg = first
+        while msg is not None:
+            if rate is not None and due == 0:  # the deadline schedule: message i is due at started + i / rate
+                while True:
+                    now = time.monotonic()
+                    due = int((now - started) * rate) + 1 - count  # due by now, not yet published
+                    if due > 0:
+                        break
+                    time.sleep(started + count / rate - now)
+            publish(msg.msg_type, msg.payload, source=msg.source, schema_version=msg.schema_version,
+                    timestamp_ns=msg.timestamp_ns)
+            count, last, due = count + 1, msg.seq, due - 1
+            msg = next(messages, None)
+    except KeyboardInterrupt:
+        interrupted = True
+    except BaseException:  # a corrupt record: what was published stays in the ring
+        ring.close()
+        report = _replay_report(args, ring, first, last, count, time.monotonic() - started, removed=False)
+        _print_replay_report(report, sys.stderr, "before the error")
+        raise
+    elapsed = time.monotonic() - started if count else 0.0
+    removed = bool(args.remove_after) and ring.unlink()
+    ring.close()  # the writer closes the ring: its readers see the end of the stream
+    report = _replay_report(args, ring, first, last, count, elapsed, removed, interrupted)
+    if args.json:
+        print(json.dumps(report), flush=True)
+    else:
+        _print_replay_report(report, sys.stdout, "(interrupted)" if interrupted else "")
+    if first is None:
+        print(f"{args.parser.prog}: {_no_match_note(journal)}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _replay_report(args: argparse.Namespace, ring: Ring, first: Optional[Message], last: Optional[int], count: int,
+                   elapsed: float, removed: bool, interrupted: bool = False) -> dict[str, Any]:
+    return {"ring": ring.name, "count": count, "first_seq": first.seq if count and first else None,
+            "last_seq": last, "ring_first_seq": ring.first_sequence,
+            "ring_last_seq": ring.first_sequence + count - 1 if count else None,
+            "elapsed_s": round(elapsed, 6), "rate": round(count / elapsed, 1) if elapsed > 0 and count else None,
+            "target_rate": args.rate, "removed": removed, "interrupted": interrupted}
+
+
+def _print_replay_report(r: dict[str, Any], out: Any, note: str) -> None:
+    span = f" (journal sequences {r['first_seq']}..{r['last_seq']}, ring sequences {r['ring_first_seq']}.." \
+           f"{r['ring_last_seq']})" if r["count"] else ""
+    print(f"replayed {_plural(r['count'], 'message')}{span} into ring {r['ring']} in {r['elapsed_s']:.3f} s: "
+          f"{'-' if r['rate'] is None else r['rate']} msg/s{' ' + note if note else ''}", file=out)
+    if r["removed"]:
+        print(f"ring {r['ring']} removed", file=out)
+    else:
+        print(f"ring {r['ring']} stays in /dev/shm; remove it with: "
+              f"python -c \"import pyseq; pyseq.Ring.remove('{r['ring']}')\"", file=out)
+    out.flush()
 
 
 if __name__ == "__main__":

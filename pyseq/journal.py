@@ -21,7 +21,7 @@ import mmap
 import os
 import re
 import struct
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Generator, Iterable, Iterator, Optional
 
 from . import errors
 from ._native import ffi, lib
@@ -237,16 +237,21 @@ class Journal:
         if start is not None and segments:
             firsts = [s.first_sequence for s in segments]
             segments = segments[max(0, bisect.bisect_right(firsts, start) - 1):]
+        following: Optional[int] = None  # the sequence the next segment must start with
         for i, seg in enumerate(segments):
             last = i == len(segments) - 1
-            if i + 1 < len(segments) and start is not None and segments[i + 1].first_sequence <= start:
-                continue
+            if following is not None and seg.first_sequence != following:
+                if stop is not None and stop < following:
+                    return
+                raise errors.JournalCorruptError(
+                    seg.name, 0, following, f"the segment starts at {seg.first_sequence} but the previous one "
+                    f"ended at {following - 1}: sequences are missing (a segment file was removed?)")
             with _Mapped(seg.path) as m:
                 offset, expected = SEGMENT_HEADER_LENGTH, seg.first_sequence
                 if start is not None and start > seg.first_sequence:
                     offset, expected = _seek(seg, m, start)
-                yield from _iterate(seg, m, offset, expected, start, stop, wanted, last)
-            if stop is not None and i + 1 < len(segments) and segments[i + 1].first_sequence > stop:
+                following = yield from _iterate(seg, m, offset, expected, start, stop, wanted, last)
+            if stop is not None and following > stop:
                 return
 
     def last_sequence(self) -> int:
@@ -333,7 +338,8 @@ class Journal:
 
 def recover(path: str) -> RecoveryReport:
     """Make the journal end with a whole record: truncate the torn tail of the last segment (reported
-    in the result), drop index entries past it, remove a last segment with no record at all.  Any
+    in the result), drop index entries past it, remove a last segment whose header was torn (a crash
+    while it was being created: it held no record).  Any
     other bad record raises :class:`JournalCorruptError`.  Call it with the journal's lock held (the
     journaler does)."""
     journal = Journal(path)
@@ -460,14 +466,16 @@ def _seek(seg: Segment, m: _Mapped, start: int) -> tuple[int, int]:
 
 
 def _iterate(seg: Segment, m: _Mapped, offset: int, expected: int, start: Optional[int], stop: Optional[int],
-             wanted: Optional[frozenset[int]], last_segment: bool) -> Iterator[Message]:
+             wanted: Optional[frozenset[int]], last_segment: bool) -> Generator[Message, None, int]:
+    """Yield the segment's messages from ``offset`` (sequence ``expected``); return the sequence
+    after the last one scanned."""
     data = m.map
     if start is not None and start > expected:  # skip in C up to start
         scan = _scan(m, offset, expected, seg.max_payload, 0, start)
         offset, expected = int(scan.end_offset), int(scan.last_sequence) + 1
         if scan.status != lib.PYSEQ_SCAN_LIMIT:
             _end_of_data(seg, m, scan, last_segment)
-            return
+            return expected
     while True:
         scan = _scan(m, offset, expected, seg.max_payload, _CHUNK, (stop + 1) if stop is not None else 0)
         end = int(scan.end_offset)
@@ -485,7 +493,7 @@ def _iterate(seg: Segment, m: _Mapped, offset: int, expected: int, start: Option
             continue
         if scan.status != lib.PYSEQ_SCAN_LIMIT:
             _end_of_data(seg, m, scan, last_segment)
-        return
+        return expected
 
 
 def _end_of_data(seg: Segment, m: _Mapped, scan: Any, last_segment: bool) -> None:

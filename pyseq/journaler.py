@@ -377,6 +377,10 @@ def _journal_from_old_ring(path: str, ring_name: str, last: int, lock_fd: int) -
     with old:
         if not old.writer_gone:
             return last  # Ring.create will refuse it: another sequencer is running
+        if old.journal_state == "none":
+            log.warning("journal %r: the previous ring %r had no journal; its messages are not copied into this "
+                        "one, which continues at sequence %d", path, ring_name, last + 1)
+            return last
         published = old.published_sequence
         if published <= last:
             return last
@@ -390,8 +394,6 @@ def _journal_from_old_ring(path: str, ring_name: str, last: int, lock_fd: int) -
         try:
             writer = _SegmentWriter(path, reader, ffi.NULL, FsyncPolicy("batch"), DEFAULT_SEGMENT_BYTES,
                                     DEFAULT_BUFFER_BYTES, 0, 0)
-            if last == 0:
-                pass
             try:
                 idle = default_idle()
                 while int(writer.c.written_sequence) < published:

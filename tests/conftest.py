@@ -12,13 +12,16 @@ os.environ["PYSEQ_IDLE"] = "backoff"
 
 import glob  # noqa: E402
 import multiprocessing as mp  # noqa: E402
+import subprocess  # noqa: E402
 import uuid  # noqa: E402
+from pathlib import Path  # noqa: E402
 from typing import Callable, Iterator  # noqa: E402
 
 import pytest  # noqa: E402
 
 import pyseq  # noqa: E402
 from childproc import Children  # noqa: E402
+from cliproc import ENV, command, read_until, stop  # noqa: E402
 
 NAME_PREFIX = f"t{os.getpid()}-"
 
@@ -66,6 +69,34 @@ def children(ring_names: Callable[[], str]) -> Iterator[Children]:
         yield kids
     finally:
         kids.close()
+
+
+@pytest.fixture
+def sequencers(ring_names: Callable[[], str], tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen]]:
+    """Start ``pyseq sequencer --ring RING ...`` and wait for its ready line (what it printed up to
+    there is the process's ``banner``, its stderr goes to ``log_path``); after the test every one is
+    killed and what it leaves in /dev/shm (inbound rings) is removed; the ring_names fixture removes
+    the sequenced ring itself."""
+    procs: list[tuple[subprocess.Popen, str]] = []
+
+    def start(ring: str, *args: str) -> subprocess.Popen:
+        log_path = tmp_path / f"sequencer-{len(procs)}.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(command("sequencer", "--ring", ring, *args), stdout=subprocess.PIPE, stderr=log,
+                                    env=ENV)
+        procs.append((proc, ring))
+        ready = f"sequencer {ring} ready pid {proc.pid}\n"
+        proc.log_path = log_path  # type: ignore[attr-defined]
+        proc.banner = read_until(proc, lambda out: ready in out)  # type: ignore[attr-defined]
+        return proc
+
+    try:
+        yield start
+    finally:
+        for proc, ring in procs:
+            stop(proc)
+            for path in glob.glob(f"/dev/shm/pyseq.{glob.escape(ring)}.*"):
+                os.unlink(path)
 
 
 @pytest.fixture(autouse=True)

@@ -6,25 +6,22 @@ timeout; rings, inbound rings included, are removed after each test.
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
-import selectors
 import signal
 import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 
 import pyseq
+from cliproc import ENV, WAIT_S, command, read_until, run, stop, wait_for
 from pyseq.cli import main
 
-WAIT_S = 15.0
-ENV = {**os.environ, "PYSEQ_IDLE": "backoff"}
 REPO = Path(__file__).resolve().parent.parent
 GREETING = 4201  # the msg_type declared by the --schema module written in test_tail_...
 
@@ -35,79 +32,6 @@ class Greeting(Record, msg_type={GREETING}, version=1):
     n: u32
     text: string(8)
 """
-
-
-def command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "pyseq.cli", *args]
-
-
-def run(*args: str, **kwargs: Any) -> subprocess.CompletedProcess:
-    return subprocess.run(command(*args), capture_output=True, text=True, timeout=WAIT_S, env=ENV, **kwargs)
-
-
-def read_until(proc: subprocess.Popen, done: Callable[[str], bool], timeout: float = WAIT_S) -> str:
-    """Read ``proc``'s stdout until ``done(all read so far)``; fail after ``timeout`` or at its exit."""
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    out = b""
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        while not done(out.decode()):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"{proc.args!r} printed {out.decode()!r}, not what was expected, "
-                                     f"within {timeout} s")
-            if sel.select(min(left, 0.2)):
-                chunk = os.read(proc.stdout.fileno(), 65536)
-                if not chunk:
-                    raise AssertionError(f"{proc.args!r} exited ({proc.wait(WAIT_S)}) after printing "
-                                         f"{out.decode()!r}")
-                out += chunk
-    return out.decode()
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait(WAIT_S)
-    for stream in (proc.stdout, proc.stderr):
-        if stream is not None:
-            stream.close()
-
-
-@pytest.fixture
-def sequencers(ring_names: Callable[[], str], tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen]]:
-    """Start ``pyseq sequencer --ring RING ...`` and wait for its ready line; after the test every one
-    is killed and what it leaves in /dev/shm (inbound rings, its limits) is removed; the ring_names
-    fixture removes the sequenced ring itself."""
-    procs: list[tuple[subprocess.Popen, str]] = []
-
-    def start(ring: str, *args: str) -> subprocess.Popen:
-        log = open(tmp_path / f"sequencer-{len(procs)}.log", "wb")
-        proc = subprocess.Popen(command("sequencer", "--ring", ring, *args), stdout=subprocess.PIPE, stderr=log,
-                                env=ENV)
-        log.close()
-        procs.append((proc, ring))
-        read_until(proc, lambda out: f"sequencer {ring} ready pid {proc.pid}\n" in out)
-        return proc
-
-    try:
-        yield start
-    finally:
-        for proc, ring in procs:
-            stop(proc)
-            for path in glob.glob(f"/dev/shm/pyseq.{glob.escape(ring)}.*"):
-                os.unlink(path)
-
-
-def wait_for(predicate: Callable[[], Any], what: str, timeout: float = WAIT_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"{what}: not within {timeout} s")
 
 
 def stat_json(ring: str, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
