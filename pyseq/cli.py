@@ -219,6 +219,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--remove-after", action="store_true", help="remove the ring when done")
     g.add_argument("--json", action="store_true", help="the final report as one JSON object")
     p.set_defaults(run=_run_replay, parser=p)
+    # more subcommands, each from its own module: add_parser(sub) adds it (one line each)
     return parser
 
 
