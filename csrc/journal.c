@@ -184,7 +184,8 @@ static int check_record(const uint8_t *data, uint64_t length, uint64_t offset, u
         return PYSEQ_SCAN_PARTIAL;
     pyseq_record_header_t h;
     memcpy(&h, data + offset, sizeof h);
-    if (h.frame.length > max_payload || h.record_length != pyseq_record_length(h.frame.length))
+    if (h.frame.length > max_payload || h.frame.length > PYSEQ_MAX_JOURNAL_PAYLOAD ||
+        h.record_length != pyseq_record_length(h.frame.length))
         return h.record_length != 0 && h.record_length <= length - offset ? PYSEQ_SCAN_BAD_LENGTH
                                                                           : PYSEQ_SCAN_PARTIAL;
     if (h.record_length > length - offset)

@@ -100,6 +100,7 @@
 #define PYSEQ_INDEX_HEADER_LENGTH 32u
 #define PYSEQ_INDEX_ENTRY_LENGTH 16u
 #define PYSEQ_INDEX_STRIDE 65536u
+#define PYSEQ_MAX_JOURNAL_PAYLOAD ((1u << 24) - 32u) /* a ring's largest slot less its frame: lengths never wrap */
 
 typedef struct pyseq_segment_header_s {
     uint64_t magic;

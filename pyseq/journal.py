@@ -42,6 +42,7 @@ _SCAN_REASONS = {
     lib.PYSEQ_SCAN_BAD_SEQUENCE: "a record out of sequence",
 }
 _CHUNK = 4096  # records validated in C per step of a Python iteration
+MAX_PAYLOAD = (1 << 24) - 32  # a ring's largest slot (16 MiB) less its frame
 
 
 def segment_name(first_sequence: int) -> str:
@@ -204,6 +205,8 @@ def read_segment_header(path: str) -> Segment:
                   f"reads version {lib.PYSEQ_JOURNAL_FORMAT_VERSION}")
     if m is None or int(h.first_sequence) != expected or expected < 1:
         raise bad(f"first sequence {int(h.first_sequence)} does not match the file name")
+    if int(h.max_payload) > MAX_PAYLOAD:
+        raise bad(f"max payload {int(h.max_payload)} is larger than any ring's ({MAX_PAYLOAD})")
     return Segment(path, int(h.first_sequence), int(h.max_payload), ffi.string(h.ring_name).decode(errors="replace"),
                    int(h.schema_id), int(h.schema_version), int(h.created_ns), size)
 
@@ -233,6 +236,8 @@ class Journal:
         None), in sequence order.  Seeks through the index to ``start``.  A torn tail ends the
         iteration; corruption raises :class:`JournalCorruptError` when the iteration reaches it."""
         wanted = None if types is None else frozenset(types)
+        if stop is not None and stop < max(1, start or 1):
+            return
         segments = self.segments()
         if start is not None and segments:
             firsts = [s.first_sequence for s in segments]
@@ -279,7 +284,10 @@ class Journal:
             try:
                 seg = read_segment_header(path)
             except errors.JournalCorruptError as e:
-                report.problems.append(Problem(name, 0, e.sequence, e.reason))
+                size = os.path.getsize(path)
+                torn = i == len(files) - 1 and size <= SEGMENT_HEADER_LENGTH  # a crash while it was created
+                report.problems.append(Problem(name, 0, e.sequence, e.reason, torn_tail=torn,
+                                               bytes=size if torn else 0))
                 previous_last = None
                 continue
             report.segments += 1
@@ -458,7 +466,8 @@ def _seek(seg: Segment, m: _Mapped, start: int) -> tuple[int, int]:
     k = bisect.bisect_right(sequences, start) - 1
     while k >= 0:
         seq, offset = INDEX_ENTRY.unpack_from(raw, INDEX_HEADER_LENGTH + k * INDEX_ENTRY.size)
-        if lib.pyseq_journal_record_valid(m.ptr, m.size, offset, seg.max_payload) and \
+        if seg.first_sequence <= seq <= start and \
+                lib.pyseq_journal_record_valid(m.ptr, m.size, offset, seg.max_payload) and \
                 _record_sequence(m, offset) == seq:
             return offset, seq
         k -= 1

@@ -29,8 +29,8 @@ from typing import Any, Optional
 from . import errors
 from ._native import ffi, lib
 from .idle import IdleStrategy, default_idle
-from .journal import (LOCK_NAME, SEGMENT_HEADER_LENGTH, Journal, RecoveryReport, index_header, read_segment_header,
-                      recover, segment_header, segment_name)
+from .journal import (LOCK_NAME, SEGMENT_HEADER_LENGTH, Journal, RecoveryReport, _remove_segment, index_header,
+                      read_segment_header, recover, segment_header, segment_name)
 from .ring import Reader, Ring
 
 log = logging.getLogger("pyseq.journal")
@@ -136,9 +136,11 @@ class _SegmentWriter:
         next_seq = int(self.c.written_sequence) + 1
         if files:
             seg = read_segment_header(files[-1])
-            if seg.max_payload == self.max_payload and seg.size < int(self.c.segment_limit) and \
-                    seg.first_sequence <= next_seq:
-                self._open(seg.path, seg.size, append=True)
+            if seg.size <= SEGMENT_HEADER_LENGTH:  # no record in it (recovered): start it again
+                _remove_segment(seg.path)
+            elif seg.max_payload == self.max_payload and (seg.schema_id, seg.schema_version) == self.schema and \
+                    seg.size < int(self.c.segment_limit) and Journal(self.path).last_sequence() + 1 == next_seq:
+                self._open(seg.path, seg.size, append=True)  # (recovered: it ends with a whole record)
                 return
         self._new_segment(next_seq)
 
@@ -347,7 +349,8 @@ class Journaler:
         return left
 
 
-def open_for_sequencer(path: str, ring_name: str) -> tuple[int, RecoveryReport, int]:
+def open_for_sequencer(path: str, ring_name: str,
+                       segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> tuple[int, RecoveryReport, int]:
     """What a sequencer does before it creates its ring: lock the journal, recover it (truncate a
     torn tail), then journal what a predecessor that died left in its ring and never journaled.
     Returns the lock fd, the recovery report and the last journaled sequence (0: empty)."""
@@ -357,14 +360,14 @@ def open_for_sequencer(path: str, ring_name: str) -> tuple[int, RecoveryReport, 
         if report.torn_tail is not None:
             log.warning("journal %r: torn tail truncated: %s", path, report.torn_tail)
         last = report.last_sequence
-        last = _journal_from_old_ring(path, ring_name, last, lock_fd)
+        last = _journal_from_old_ring(path, ring_name, last, segment_bytes)
         return lock_fd, report, last
     except BaseException:
         os.close(lock_fd)
         raise
 
 
-def _journal_from_old_ring(path: str, ring_name: str, last: int, lock_fd: int) -> int:
+def _journal_from_old_ring(path: str, ring_name: str, last: int, segment_bytes: int) -> int:
     """A sequencer killed before its journaler caught up leaves the messages in its ring (shared
     memory outlives the process): journal them now, so nothing it sequenced is lost or renumbered."""
     if not Ring.exists(ring_name):
@@ -392,7 +395,7 @@ def _journal_from_old_ring(path: str, ring_name: str, last: int, lock_fd: int) -
             return last
         reader = old.reader("journal-recovery", start=last + 1)
         try:
-            writer = _SegmentWriter(path, reader, ffi.NULL, FsyncPolicy("batch"), DEFAULT_SEGMENT_BYTES,
+            writer = _SegmentWriter(path, reader, ffi.NULL, FsyncPolicy("batch"), segment_bytes,
                                     DEFAULT_BUFFER_BYTES, 0, 0)
             try:
                 idle = default_idle()

@@ -212,7 +212,7 @@ class Sequencer:
             policy = FsyncPolicy.parse(fsync)
             # recover the journal (and what a killed predecessor left in its ring): numbering resumes
             # right after the last journaled sequence
-            lock_fd, self.recovery, last = open_for_sequencer(os.fspath(journal), ring)
+            lock_fd, self.recovery, last = open_for_sequencer(os.fspath(journal), ring, segment_bytes)
             if first_sequence is not None and last and first_sequence != last + 1:
                 os.close(lock_fd)
                 raise errors.JournalError(
