@@ -5,7 +5,7 @@ The public API; everything else is private.
 from __future__ import annotations
 
 from .errors import (BackPressureError, ClientNameInUseError, EndOfStreamError, JournalCorruptError, JournalError,
-                     JournalLockedError, JournalNotFoundError, LappedError, MessageTooLargeError, NotWriterError, PyseqError,
+                     JournalLockedError, JournalNotFoundError, LappedError, ReplicaError, SnapshotError, DivergenceError, MessageTooLargeError, NotWriterError, PyseqError,
                      ReaderEvictedError, ReaderTableFullError, RingClosedError, RingConfigError,
                      RingExistsError, RingFormatError, RingNameError, RingNotFoundError, RingNotReadyError,
                      RingPermissionError, SchemaCompatibilityError, SchemaError, SequencerNotRunningError,
@@ -17,6 +17,9 @@ from .sequencer import CLIENT_JOINED, CLIENT_LEFT, END_OF_STREAM, SYSTEM_FIRST, 
 from .client import Client
 from .journal import Journal, VerifyReport
 from .journaler import FsyncPolicy, Journaler
+from .statemachine import StateMachine
+from .admin import ActivateSchema, ReplicaDigest, TakeSnapshot
+from .replica import DigestMonitor, Replica
 from . import schema
 from .schema import Record, check_compatible
 
@@ -32,5 +35,7 @@ __all__ = [
     "MessageTooLargeError", "TimeoutError", "WriterStalledError", "ClientNameInUseError",
     "SequencerNotRunningError", "SequencerStoppedError", "SchemaError", "SchemaCompatibilityError",
     "Journal", "VerifyReport", "Journaler", "FsyncPolicy",
+    "StateMachine", "Replica", "DigestMonitor", "TakeSnapshot", "ActivateSchema", "ReplicaDigest",
+    "ReplicaError", "SnapshotError", "DivergenceError",
     "JournalError", "JournalNotFoundError", "JournalLockedError", "JournalCorruptError",
 ]

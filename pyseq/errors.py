@@ -145,3 +145,17 @@ class JournalCorruptError(JournalError):
         self.sequence = sequence
         self.reason = reason
         super().__init__(f"journal corrupt: {segment} at offset {offset} (sequence {sequence}): {reason}")
+
+
+class SnapshotError(PyseqError):
+    """A snapshot file that cannot be used: corrupt, truncated, of another state machine, or whose
+    restored state does not have the digest the file records."""
+
+
+class ReplicaError(PyseqError):
+    """A replica cannot continue: a gap in what it was given (a journal that starts too late, a ring
+    that no longer holds what it needs and no journal), or a stream that went backwards."""
+
+
+class DivergenceError(PyseqError):
+    """Two replicas of the same state machine reported different digests at the same sequence."""

@@ -56,18 +56,20 @@ Registry
 Declaring a class registers it under ``(msg_type, version)``.  Re-declaring the same qualified name
 (a re-import or reload) replaces the entry; a different class for a taken pair is an error.
 :func:`lookup` gives the newest version of a type, or a given one; :func:`registered` the newest of
-every type.
+every type.  :func:`separate_registry` declares records without registering them in the process's
+registry (to load two versions of one schema side by side).
 """
 from __future__ import annotations
 
 import collections
+import contextlib
 import enum
 import inspect
 import numbers
 import operator
 import re
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from struct import Struct
 from struct import error as StructError
@@ -80,7 +82,7 @@ from .errors import SchemaCompatibilityError, SchemaError
 __all__ = [
     "MISSING", "Field", "Kind", "Record",
     "i8", "i16", "i32", "i64", "u8", "u16", "u32", "u64", "f32", "f64", "boolean", "string", "raw",
-    "lookup", "registered", "check_compatible", "c_header",
+    "lookup", "registered", "separate_registry", "check_compatible", "c_header",
 ]
 
 
@@ -685,6 +687,31 @@ def lookup(msg_type: int, version: int | None = None) -> type[Record]:
 def registered() -> dict[int, type[Record]]:
     """Every declared msg_type, mapped to its newest version's class."""
     return {msg_type: versions[max(versions)] for msg_type, versions in _registry.items()}
+
+
+@contextlib.contextmanager
+def separate_registry() -> Iterator[None]:
+    """Declare records in a registry of their own, so that two versions of one schema can be loaded
+    side by side (what ``pyseq schema check`` does): inside the ``with`` block, declarations go to a
+    fresh, empty registry (:func:`lookup` sees only them) and are checked against it alone.  On
+    leaving it the process's registry is back as it was; if the block ends normally, the records of
+    modules still imported under their own names (a shared module the code inside imported for
+    the first time) join it, as if imported outside."""
+    global _registry
+    saved, _registry = _registry, {}
+    try:
+        yield
+    except BaseException:
+        _registry = saved
+        raise
+    inside, _registry = _registry, saved
+    for versions in inside.values():
+        for cls in versions.values():
+            found: Any = sys.modules.get(cls.__module__)
+            for part in cls.__qualname__.split("."):
+                found = getattr(found, part, None)
+            if found is cls:
+                _register(cls)
 
 
 def check_compatible(old: type[Record], new: type[Record]) -> None:
