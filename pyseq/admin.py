@@ -32,7 +32,7 @@ class ActivateSchema(Record, msg_type=ACTIVATE_SCHEMA, version=1):
 class ReplicaDigest(Record, msg_type=REPLICA_DIGEST, version=1):
     """A replica's state digest at ``sequence`` (published for a monitor to compare)."""
 
-    replica: string(32)  # type: ignore[valid-type]
-    machine: string(32)  # type: ignore[valid-type]
+    replica: string(24)  # type: ignore[valid-type]
+    machine: string(16)  # type: ignore[valid-type]
     sequence: i64  # type: ignore[valid-type]
-    digest: raw(32)  # type: ignore[valid-type]
+    digest: raw(32)  # type: ignore[valid-type]  # (80 bytes: fits the default 128-byte slot)

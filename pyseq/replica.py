@@ -309,14 +309,19 @@ class Replica:
             self.snapshots_written.append(path)
             log.info("replica %r: snapshot at %d written to %s", self.name, self.last_applied, path)
         if self.digest_client is not None:
-            self.digest_client.submit(ReplicaDigest(replica=self.name[:32], machine=self.machine.name[:32],
+            self.digest_client.submit(ReplicaDigest(replica=_fit(self.name, 24), machine=_fit(self.machine.name, 16),
                                                     sequence=self.last_applied,
                                                     digest=bytes.fromhex(self.machine.digest())[:32]))
 
     def publish_digest(self, client: Any) -> None:
         """Submit this replica's current digest through ``client`` (a :class:`pyseq.Client`)."""
-        client.submit(ReplicaDigest(replica=self.name[:32], machine=self.machine.name[:32],
+        client.submit(ReplicaDigest(replica=_fit(self.name, 24), machine=_fit(self.machine.name, 16),
                                     sequence=self.last_applied, digest=bytes.fromhex(self.machine.digest())[:32]))
+
+
+def _fit(text: str, size: int) -> str:
+    """``text`` cut to at most ``size`` UTF-8 bytes (on a character boundary)."""
+    return text.encode()[:size].decode(errors="ignore")
 
 
 class DigestMonitor:

@@ -239,3 +239,67 @@ def test_a_replica_refuses_a_journal_that_starts_after_its_snapshot(tmp_path: Pa
     replica = pyseq.Replica(ReferenceData(), journal=journal)
     with pytest.raises(pyseq.ReplicaError, match="1..99 are missing"):
         replica.run_until_caught_up(timeout=5)
+
+
+class HaltKeepsNoReason(ReferenceData):
+    """A deliberately divergent replica: it drops halt reasons."""
+
+    def apply(self, msg: pyseq.Message) -> None:
+        if msg.msg_type == Halt.msg_type:
+            h = Halt.decode(msg.payload)
+            msg = msg._replace(payload=Halt(symbol=h.symbol).encode())
+        super().apply(msg)
+
+
+@pytest.mark.parametrize("diverge", [False, True])
+def test_replicas_publish_their_digests_and_a_monitor_raises_the_alarm_on_divergence(
+        ring_name: str, tmp_path: Path, diverge: bool) -> None:
+    import threading
+
+    seq = pyseq.Sequencer(ring_name, journal=str(tmp_path / "journal"), fsync="never", capacity=1024)
+    thread = threading.Thread(target=seq.run, daemon=True)
+    thread.start()
+    clients: list[pyseq.Client] = []
+    try:
+        admin = pyseq.Client.connect(ring_name, "admin", timeout=10)
+        clients.append(admin)
+        machines = {"a": ReferenceData(), "b": HaltKeepsNoReason() if diverge else ReferenceData()}
+        replicas = {}
+        for name, machine in machines.items():
+            c = pyseq.Client.connect(ring_name, f"rep-{name}", timeout=10)
+            clients.append(c)
+            replicas[name] = pyseq.Replica(machine, ring=ring_name, name=name, digest_client=c)
+        monitor = pyseq.DigestMonitor()
+        ring = pyseq.Ring.attach(ring_name)
+        reader = ring.reader("monitor", start=1)
+        admin.submit(AddInstrument(symbol="AAPL", tick_size=0.01))
+        admin.submit(Halt(symbol="AAPL", reason="news"))
+        admin.submit(pyseq.TakeSnapshot(label="check"))
+        d = Deadline(20, "two digests")
+        seen = 0
+        while seen < 2:
+            for r in replicas.values():
+                r.follow(duration=0.02)
+            m = reader.poll()
+            while m is not None:
+                monitor.apply(m)
+                seen += m.msg_type == pyseq.ReplicaDigest.msg_type
+                m = reader.poll()
+            d.check()
+        assert len(monitor.seen) == 1
+        if diverge:
+            assert monitor.divergences and monitor.divergences[0][1] == "refdata"
+            with pytest.raises(pyseq.DivergenceError, match="diverged at sequence"):
+                monitor.check()
+        else:
+            assert monitor.divergences == []
+            monitor.check()
+        reader.close()
+        ring.close()
+        for r in replicas.values():
+            r.close()
+    finally:
+        for c in clients:
+            c.close()
+        seq.stop()
+        thread.join(10)
