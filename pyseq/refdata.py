@@ -209,7 +209,7 @@ class ReferenceData(StateMachine):
         self.rejected += 1
         self.last_reject = (msg.seq, code)
 
-    def _add(self, msg: Message, a: AddInstrument) -> None:
+    def _add(self, msg: Message, a: "AddInstrument | AddInstrumentV2") -> None:
         if a.symbol in self._instruments:
             return self._reject(msg, REJECT_DUPLICATE)
         if not a.symbol or not (math.isfinite(a.tick_size) and a.tick_size > 0) or a.lot_size <= 0:
