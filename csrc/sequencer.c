@@ -94,6 +94,10 @@ int64_t pyseq_sequencer_round(pyseq_sequencer_t *seq)
                 break;
             }
             const pyseq_frame_t *f = (const pyseq_frame_t *)seq->scratch;
+            if (f->msg_type >= PYSEQ_SYSTEM_FIRST && (f->msg_type < PYSEQ_ADMIN_FIRST || f->msg_type > PYSEQ_ADMIN_LAST)) {
+                in->refused++; /* forged system message: consumed, not sequenced */
+                continue;
+            }
             int64_t out = pyseq_writer_try_publish_at(seq->out, f->msg_type, f->schema_version, in->source, 0,
                                                       seq->scratch + PYSEQ_FRAME_LENGTH, f->length, now,
                                                       (uint32_t)s);

@@ -21,6 +21,12 @@
 #include "ring.h"
 
 #define PYSEQ_NANO_TOKENS 1000000000LL /* one message's worth of tokens */
+/* Message types from a client: anything below PYSEQ_SYSTEM_FIRST, and the admin block (TakeSnapshot,
+ * ActivateSchema, ReplicaDigest, ...); the rest of the system range (CLIENT_JOINED, CLIENT_LEFT,
+ * END_OF_STREAM, ...) is the sequencer's own: a client's message of such a type is refused. */
+#define PYSEQ_SYSTEM_FIRST 0xFF00u
+#define PYSEQ_ADMIN_FIRST 0xFF10u
+#define PYSEQ_ADMIN_LAST 0xFF1Fu
 
 typedef struct pyseq_inbound_s {
     pyseq_reader_t reader;  /* a gating reader of the client's inbound ring */
@@ -34,6 +40,7 @@ typedef struct pyseq_inbound_s {
     uint64_t deferred;      /* messages the rate limit left waiting at least once (each counted once) */
     int64_t deferred_upto;  /* the highest inbound sequence counted in deferred */
     int64_t status;         /* last negative status from the inbound ring (a lap: never expected) */
+    uint64_t refused;       /* messages of a system type only the sequencer may write (dropped, counted) */
 } pyseq_inbound_t;
 
 typedef struct pyseq_sequencer_s {

@@ -185,6 +185,7 @@ class _Client:
     source: int
     ring: Ring
     reader: Reader
+    refused_logged: int = 0
 
 
 class Sequencer:
@@ -350,7 +351,7 @@ class Sequencer:
         for c in self.clients.values():
             e = self._entries[c.index]
             out[c.name] = {"source": c.source, "submitted": c.ring.published_sequence,
-                           "sequenced": int(e.sequenced), "deferred": int(e.deferred),
+                           "sequenced": int(e.sequenced), "deferred": int(e.deferred), "refused": int(e.refused),
                            "pending": int(lib.pyseq_inbound_pending(self._entries + c.index))}
         return {"clients": out, "rounds": int(self._state.rounds), "idle_rounds": int(self._state.idle_rounds),
                 "out_full": int(self._state.out_full), "published_sequence": self.ring.published_sequence,
@@ -367,6 +368,11 @@ class Sequencer:
                     self._join(name)
         for client in list(self.clients.values()):
             entry = self._entries + client.index
+            if entry.refused > client.refused_logged:
+                log.warning("sequencer %r: client %r submitted %d messages of a system type only the sequencer "
+                            "writes (CLIENT_JOINED, END_OF_STREAM, ...); refused, not sequenced (%d in all)",
+                            self.name, client.name, int(entry.refused) - client.refused_logged, int(entry.refused))
+                client.refused_logged = int(entry.refused)
             if entry.status < 0:
                 log.error("sequencer %r: client %r's inbound ring returned status %d; dropping it",
                           self.name, client.name, int(entry.status))
@@ -430,7 +436,7 @@ class Sequencer:
         entry.burst = limit.burst
         entry.tokens = limit.burst * lib.PYSEQ_NANO_TOKENS
         entry.refilled_ns = lib.pyseq_clock_monotonic_ns()
-        entry.sequenced = entry.deferred = 0
+        entry.sequenced = entry.deferred = entry.refused = 0
         entry.deferred_upto = 0
         entry.status = 0
         entry.active = 1

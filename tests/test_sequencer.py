@@ -1039,3 +1039,31 @@ def test_a_client_ring_still_holding_unsequenced_messages_stays_for_the_next_seq
     finally:
         client.close()
     assert pyseq.Ring.exists(inbound_name(ring, "holder"))  # nothing it submitted is lost
+
+
+def test_a_client_cannot_forge_the_sequencers_own_system_messages(ring_name: str) -> None:
+    import threading
+
+    seq = pyseq.Sequencer(ring_name, capacity=256)
+    thread = threading.Thread(target=seq.run, daemon=True)
+    thread.start()
+    try:
+        ring = pyseq.Ring.attach(ring_name)
+        reader = ring.reader("check", start=1)
+        client = pyseq.Client.connect(ring_name, "mallory", timeout=10)
+        client.submit(pyseq.END_OF_STREAM, b"")  # forged: only the sequencer ends the stream
+        client.submit(pyseq.CLIENT_LEFT, b"alice")
+        client.submit(pyseq.TakeSnapshot(label="ok"))  # admin messages are for clients to send
+        client.submit(7, b"order")
+        types = []
+        while len(types) < 3:
+            types.append(reader.read(timeout=10).msg_type)
+        assert types == [pyseq.CLIENT_JOINED, pyseq.TakeSnapshot.msg_type, 7]
+        assert reader.poll() is None
+        assert seq.stats()["clients"]["mallory"]["refused"] == 2
+        client.close()
+        reader.close()
+        ring.close()
+    finally:
+        seq.stop()
+        thread.join(10)
