@@ -100,6 +100,26 @@ class Client(Ring):
                 f"the sequencer of ring {seq.name!r} is not running: its heartbeat is {age:.2f} s old "
                 f"(stale after {self.stale_after} s)")
 
+    def wait_sequenced(self, timeout: Optional[float] = 5.0) -> None:
+        """Wait until everything this client submitted is in the sequenced ring (``submit`` returns
+        once a message is in the client's own ring, before it is sequenced).  Raises
+        :class:`pyseq.TimeoutError` after ``timeout`` seconds (None: no limit), or
+        :class:`SequencerStoppedError` if the sequencer stops meanwhile."""
+        target = self.published_sequence
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.0001
+        while True:
+            done = max((r["sequence"] for r in self.readers() if r["name"] == SEQUENCER_CURSOR and
+                        r["state"] == "active"), default=self.first_sequence - 1)
+            if done >= target:
+                return
+            self.check()
+            if deadline is not None and time.monotonic() >= deadline:
+                raise errors.TimeoutError(f"client {self.client_name!r}: {target - done} submitted messages not "
+                                          f"sequenced within {timeout} s")
+            time.sleep(pause)
+            pause = min(pause * 2, 0.01)
+
     def _watch(self) -> None:
         self.check()
 

@@ -387,6 +387,13 @@ def _journal_from_old_ring(path: str, ring_name: str, last: int, segment_bytes: 
         published = old.published_sequence
         if published <= last:
             return last
+        if old.first_sequence > last + 1 or old.journaled_sequence > last:
+            # the old ring does not continue this journal: it began past its end, or it was journaled
+            # further than this journal goes (into another directory)
+            log.warning("journal %r: the previous ring %r (sequences %d..%d, journaled to %d) was not journaled "
+                        "here (this journal ends at %d); its messages are not copied", path, ring_name,
+                        old.first_sequence, published, old.journaled_sequence, last)
+            return last
         oldest = max(old.first_sequence, published - old.capacity + 1)
         if last + 1 < oldest:
             log.error("journal %r: the old ring %r holds %d..%d but the journal ends at %d: %d messages were "

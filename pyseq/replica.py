@@ -159,6 +159,9 @@ class Replica:
         else:  # a directory: its newest snapshot, if any (none yet: start from the beginning)
             path = snapshot.latest(self.snapshot_from)
         if path is None:
+            if self.snapshot_from != self.snapshots:
+                log.warning("replica %r: no snapshot in %r; starting from the beginning of the stream", self.name,
+                            self.snapshot_from)
             return
         snap = snapshot.read(path)
         snapshot.restore(snap, self.machine)

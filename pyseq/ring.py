@@ -255,7 +255,11 @@ class Ring(HotWriter):
             ready = bool(raw) and int.from_bytes(raw[8:12], "little") != 0
             if not ready and time.time() - st.st_mtime < UNREADY_GRACE_S:
                 raise errors.RingExistsError(f"ring {name!r} is being created by another process")
-            log.warning("ring %r: its writer is gone; replacing it with a new ring", name)
+            closed = st.st_size >= PAGE_SIZE and \
+                int.from_bytes(os.pread(fd, 4, 152), "little") == lib.PYSEQ_WRITER_CLOSED  # writer_state
+            (log.info if closed else log.warning)(
+                "ring %r: its writer %s; replacing it with a new ring", name,
+                "closed it" if closed else "is gone (it ended without closing the ring)")
             lib.shm_unlink((SHM_PREFIX + name).encode())
         finally:
             os.close(fd)

@@ -280,3 +280,17 @@ def test_a_durable_reader_ends_at_the_journal_when_the_writer_is_gone(ring_name:
             durable.read(timeout=1)
     finally:
         reader_ring.close()
+
+
+def test_a_leftover_ring_journaled_elsewhere_is_not_copied_into_a_new_journal(ring_name: str,
+                                                                             tmp_path: Path) -> None:
+    with pyseq.Sequencer(ring_name, journal=str(tmp_path / "first"), fsync="never", capacity=64) as seq:
+        for i in range(5):
+            seq.ring.publish(MSG, payload(i))
+    # the ring stays in /dev/shm (closed); a sequencer on another, new journal must not take it in
+    with pyseq.Sequencer(ring_name, journal=str(tmp_path / "second"), fsync="never", capacity=64) as seq:
+        assert seq.ring.first_sequence == 1
+        seq.ring.publish(MSG, payload(99))
+    assert [m.seq for m in Journal(str(tmp_path / "first")).records()] == [1, 2, 3, 4, 5, 6]
+    second = list(Journal(str(tmp_path / "second")).records())
+    assert [m.seq for m in second] == [1, 2] and second[0].payload == payload(99)

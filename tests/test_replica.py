@@ -303,3 +303,32 @@ def test_replicas_publish_their_digests_and_a_monitor_raises_the_alarm_on_diverg
             c.close()
         seq.stop()
         thread.join(10)
+
+
+def test_the_readme_example_wait_sequenced_then_a_late_joiner_from_a_snapshot(ring_name: str,
+                                                                              tmp_path: Path) -> None:
+    import threading
+
+    journal, snap_a, snap_late = (str(tmp_path / n) for n in ("journal", "snap-a", "snap-late"))
+    seq = pyseq.Sequencer(ring_name, journal=journal, fsync="batch", capacity=1024)
+    thread = threading.Thread(target=seq.run, daemon=True)
+    thread.start()
+    try:
+        admin = pyseq.Client.connect(ring_name, "admin", timeout=10)
+        admin.submit(AddInstrument(symbol="AAPL", tick_size=0.01, lot_size=1, currency="USD"))
+        admin.submit(Halt(symbol="AAPL"))
+        admin.submit(pyseq.TakeSnapshot())
+        admin.wait_sequenced()  # without it, a replica may catch up before these are sequenced
+        with pyseq.Replica(ReferenceData(), ring=ring_name, journal=journal, snapshots=snap_a) as replica:
+            replica.run_until_caught_up()
+            assert replica.state.validate_order("AAPL", 187.01, 100) == "AAPL is halted"
+            assert len(replica.snapshots_written) == 1
+            with pyseq.Replica(ReferenceData(), ring=ring_name, journal=journal, snapshots=snap_late,
+                               snapshot_from=snap_a) as late:
+                late.run_until_caught_up()
+                assert late.started_from == 4  # CLIENT_JOINED, add, halt, snapshot
+                assert late.digest() == replica.digest() and late.last_applied == replica.last_applied
+        admin.close()
+    finally:
+        seq.stop()
+        thread.join(10)
