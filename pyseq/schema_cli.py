@@ -423,7 +423,8 @@ def add_parser(sub: Any) -> None:
     a = actions.add_parser(
         "check", help="is NEW a compatible successor of OLD? exit 0 yes, 1 no",
         description="Compare the record classes of OLD and NEW, message type by message type. A type in both "
-                    "must keep every version it had unchanged, and each version only NEW declares must append "
+                    "must keep unchanged every version both declare (NEW may drop an older class: its newest reads old "
+                    "payloads by filling defaults), and each version only NEW declares must append "
                     "fields only, each with a default, keeping the old fields' names, positions, kinds, sizes and "
                     "defaults; its version must not go down. A type only in NEW is new; a type only in OLD was "
                     "removed, which is an error. With :Class on a side, only the picked classes' types are "
