@@ -514,10 +514,13 @@ def _run_tail(args: argparse.Namespace) -> int:
     sources = {source_id(c): c for c in client_names(args.ring)}
     shown = 0
     with Ring.attach(args.ring) as ring, ring.reader(TAIL_CURSOR, start=args.start, idle=BackoffIdle()) as reader:
+        ended = False
         while args.count is None or shown < args.count:
             try:
                 msg = reader.poll()
                 if msg is None:
+                    if ended:  # END_OF_STREAM was the last word (a replayed stream may go on after one)
+                        break
                     sys.stdout.flush()
                     msg = reader.read(timeout=args.timeout)
             except errors.LappedError as e:
@@ -531,8 +534,7 @@ def _run_tail(args: argparse.Namespace) -> int:
                 sources[msg.source] = msg.payload.decode(errors="replace")
             print(format_message(msg, sources, args.raw))
             shown += 1
-            if msg.msg_type == END_OF_STREAM:
-                break
+            ended = msg.msg_type == END_OF_STREAM
     sys.stdout.flush()
     return EXIT_OK
 
