@@ -268,7 +268,7 @@ class FixMessage(NamedTuple):
 
     @property
     def msg_type(self) -> str:
-        return self.get(MSG_TYPE, "")
+        return str(self.get(MSG_TYPE, ""))
 
     @property
     def seq_num(self) -> int:

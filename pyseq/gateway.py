@@ -73,6 +73,7 @@ class _Session:
         self.expect_seq = 1             # its next MsgSeqNum
         self.queue: collections.deque[fix.Body] = collections.deque()
         self.queued = 0                 # bytes in queue (bodies plus a header estimate)
+        self.grace = 0                  # backlog allowed beyond max_buffer: the logon snapshots not yet sent
         self.out = bytearray()          # framed, not yet sent
         self.out_pos = 0
         self.last_sent = now
@@ -125,7 +126,8 @@ class MarketDataGateway:
         self._snapshot_cache: dict[tuple[str, Optional[str]], fix.Body] = {}
         self._sessions: dict[int, _Session] = {}
         self._selector = selectors.DefaultSelector()
-        self._listener = socket.create_server((host, port), backlog=128, reuse_port=False)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._listener = socket.create_server((host, port), family=family, backlog=128)
         try:
             self._listener.setblocking(False)
             self._selector.register(self._listener, selectors.EVENT_READ, None)
@@ -191,9 +193,9 @@ class MarketDataGateway:
                 self._accept()
                 continue
             s: _Session = key.data
-            if mask & selectors.EVENT_READ:
+            if mask & selectors.EVENT_READ and s.state != "closed":
                 self._on_readable(s)
-            if mask & selectors.EVENT_WRITE and s.sock.fileno() in self._sessions:
+            if mask & selectors.EVENT_WRITE and s.state != "closed":
                 self._flush(s)
         now = time.monotonic()
         if now >= self._next_timer:
@@ -226,11 +228,12 @@ class MarketDataGateway:
         deadline = time.monotonic() + timeout
         while self._sessions and time.monotonic() < deadline:
             for key, mask in self._selector.select(0.01):
-                if key.data is not None:
-                    if mask & selectors.EVENT_READ:
-                        self._on_readable(key.data)
-                    if mask & selectors.EVENT_WRITE and key.data.sock.fileno() in self._sessions:
-                        self._flush(key.data)
+                s = key.data
+                if s is not None:
+                    if mask & selectors.EVENT_READ and s.state != "closed":
+                        self._on_readable(s)
+                    if mask & selectors.EVENT_WRITE and s.state != "closed":
+                        self._flush(s)
         for s in list(self._sessions.values()):
             self._close(s)
         self._selector.unregister(self._listener)
@@ -274,10 +277,12 @@ class MarketDataGateway:
                 self._watch = Ring.attach(self.ring_name)
             except (errors.RingNotFoundError, errors.RingNotReadyError):
                 return
-        if self._watch.writer_gone:
+        gone = self._watch.writer_gone
+        if gone or self._watch.published_sequence > self.replica.last_applied:  # the replica's ring is not this one
+            self.replica.follow(duration=0.02)
+        if gone:
             self._watch.close()
             self._watch = None
-            self.replica.follow(duration=0.02)
 
     def _broadcast(self) -> None:
         if not self._changes:
@@ -320,8 +325,10 @@ class MarketDataGateway:
 
     def _send_snapshots(self, s: _Session, symbols: Optional[frozenset[str]] = None,
                         md_req_id: Optional[str] = None) -> None:
+        s.grace = 1 << 62  # a big book's snapshots do not make a client slow...
         for symbol in (self.book.symbols() if symbols is None else sorted(symbols, key=str.encode)):
             self._send(s, self._snapshot(symbol, md_req_id))
+        s.grace = s.backlog  # ...only what comes on top of them, once they are out
 
     # ---- sessions ------------------------------------------------------------------------------
 
@@ -352,7 +359,7 @@ class MarketDataGateway:
             return
         s.queue.append(body)
         s.queued += len(body.data) + HEADER_ESTIMATE
-        if not force and s.backlog > self.max_buffer:
+        if not force and s.backlog > self.max_buffer + s.grace:
             self.counters["slow_disconnects"] += 1
             log.warning("gateway: client %s (%s) is %d bytes behind: disconnected", s.target, s.peer, s.backlog)
             s.queue.clear()
@@ -395,6 +402,7 @@ class MarketDataGateway:
             s.out_pos += n
             self.counters["bytes_sent"] += n
         pending = s.backlog > 0
+        s.grace = min(s.grace, s.backlog)
         if not pending and s.state == "closing" and not s.shut:
             s.shut = True
             try:

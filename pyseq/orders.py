@@ -46,7 +46,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import struct
-from typing import Callable, NamedTuple, Optional
+from typing import Annotated, Callable, NamedTuple, Optional
 
 from . import errors
 from .message import Message
@@ -93,37 +93,37 @@ REJECT_UNDECODABLE = 5
 
 
 class NewOrder(Record, msg_type=NEW_ORDER, version=1):
-    order_id: u64  # type: ignore[valid-type]
-    symbol: string(16)  # type: ignore[valid-type]
-    side: u8  # type: ignore[valid-type]  # BUY or SELL
-    price: f64  # type: ignore[valid-type]  # limit price
-    qty: i64  # type: ignore[valid-type]
-    account: string(16) = ""  # type: ignore[valid-type]  # the client or account it is for
+    order_id: Annotated[int, u64]
+    symbol: Annotated[str, string(16)]
+    side: Annotated[int, u8]  # BUY or SELL
+    price: Annotated[float, f64]  # limit price
+    qty: Annotated[int, i64]
+    account: Annotated[str, string(16)] = ""  # the client or account it is for
 
 
 class CancelOrder(Record, msg_type=CANCEL_ORDER, version=1):
-    order_id: u64  # type: ignore[valid-type]
-    account: string(16) = ""  # type: ignore[valid-type]
+    order_id: Annotated[int, u64]
+    account: Annotated[str, string(16)] = ""
 
 
 class OrderRejected(Record, msg_type=ORDER_REJECTED, version=1):
-    order_id: u64  # type: ignore[valid-type]
-    reason: u16  # type: ignore[valid-type]  # REASON_*
-    text: string(32) = ""  # type: ignore[valid-type]
+    order_id: Annotated[int, u64]
+    reason: Annotated[int, u16]  # REASON_*
+    text: Annotated[str, string(32)] = ""
 
 
 class Route(Record, msg_type=ROUTE, version=1):
-    order_id: u64  # type: ignore[valid-type]
-    venue: string(8)  # type: ignore[valid-type]
-    qty: i64 = 0  # type: ignore[valid-type]  # 0: all that is open
+    order_id: Annotated[int, u64]
+    venue: Annotated[str, string(8)]
+    qty: Annotated[int, i64] = 0  # 0: all that is open
 
 
 class Fill(Record, msg_type=FILL, version=1):
-    order_id: u64  # type: ignore[valid-type]
-    price: f64  # type: ignore[valid-type]  # the execution price
-    qty: i64  # type: ignore[valid-type]
-    venue: string(8) = ""  # type: ignore[valid-type]  # where it traded (the contra side's venue)
-    liquidity: u8 = ADDED  # type: ignore[valid-type]  # ADDED or REMOVED
+    order_id: Annotated[int, u64]
+    price: Annotated[float, f64]  # the execution price
+    qty: Annotated[int, i64]
+    venue: Annotated[str, string(8)] = ""  # where it traded (the contra side's venue)
+    liquidity: Annotated[int, u8] = ADDED  # ADDED or REMOVED
 
 
 class LevelChange(NamedTuple):

@@ -85,7 +85,16 @@ class Replica:
     def lag(self) -> int:
         """Messages the ring has published that this replica has not applied (0 without a ring)."""
         ring = self._attach()
-        return max(0, ring.published_sequence - self.last_applied) if ring is not None else 0
+        if ring is None:
+            return 0
+        published = ring.published_sequence
+        if ring.writer_gone:  # a restarted sequencer has a new ring by the same name
+            try:
+                with Ring.attach(ring.name) as current:
+                    published = max(published, current.published_sequence)
+            except errors.PyseqError:
+                pass
+        return max(0, published - self.last_applied)
 
     # ---- driving -------------------------------------------------------------------------------
 
@@ -145,6 +154,10 @@ class Replica:
         self.close()
 
     # ---- the three sources ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Restore the starting snapshot, if any (run_until_caught_up and follow do it first)."""
+        self._bootstrap()
 
     def _bootstrap(self) -> None:
         if self._bootstrapped:
@@ -208,8 +221,8 @@ class Replica:
         gone: the stream ended or the sequencer restarts), or "deadline"."""
         ring = self._attach()
         if ring is None:
-            if until_caught_up and self.journal_path is not None and self.ended:
-                return "caught-up"  # the sequencer stopped; the journal has it all
+            if until_caught_up and self.journal_path is not None:
+                return "caught-up"  # no ring (the sequencer is gone): the journal has it all
             time.sleep(0.01)
             return "deadline" if deadline is not None and time.monotonic() >= deadline else "ended"
         if self._reader is not None and self._reader.next_sequence != self.last_applied + 1:
@@ -248,6 +261,8 @@ class Replica:
                 self._apply(msg)
                 if until_sequence is not None and self.last_applied >= until_sequence:
                     return "caught-up"
+                if deadline is not None and self.applied & 63 == 0 and time.monotonic() >= deadline:
+                    return "deadline"
                 continue
             if until_caught_up and self.last_applied >= (ring.journaled_sequence if self.durable
                                                          else ring.published_sequence):
@@ -256,8 +271,9 @@ class Replica:
                 return "caught-up"
             if deadline is not None and time.monotonic() >= deadline:
                 return "deadline"
+            wait = 0.05 if deadline is None else min(0.05, max(0.0, deadline - time.monotonic()))
             try:
-                msg = reader.read(timeout=0.05)
+                msg = reader.read(timeout=wait)
             except errors.TimeoutError:
                 continue
             except errors.EndOfStreamError:

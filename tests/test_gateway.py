@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import pytest
-import simplefix
+import simplefix  # type: ignore[import-untyped]
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -109,7 +109,9 @@ def test_levels_are_sorted_best_first_and_depth_limits_them() -> None:
     assert book.levels("X", BUY) == [(101.75, 7), (101.25, 5), (100.75, 3), (100.25, 1)]
     assert book.levels("X", SELL, depth=2) == [(100.5, 2), (101.0, 4)]
     assert book.best_bid("X") == (101.75, 7) and book.best_ask("X") == (100.5, 2)  # crossed: shown as it is
-    assert book.order(3) is not None and book.order(3).price == 100.75 and book.levels("Y", BUY) == []
+    order = book.order(3)
+    assert order is not None and (order.price, order.qty, order.side) == (100.75, 3, BUY)
+    assert book.levels("Y", BUY) == [] and book.order(99) is None
 
 
 def test_float_noise_in_prices_makes_no_extra_level_and_prices_print_exactly() -> None:
@@ -461,23 +463,38 @@ def test_a_client_that_stops_answering_or_breaks_the_protocol_is_logged_out(gate
     assert stats["timeouts"] == 1 and stats["protocol_errors"] == 2 and stats["clients_served"] == 2
 
 
-def test_a_market_data_request_gets_snapshots_and_narrows_the_stream_to_its_symbols(
-        ring_name: str, tmp_path: Path) -> None:
+@pytest.fixture
+def oms(ring_name: str) -> Iterator[pyseq.Client]:
+    """A sequencer on ring_name in a thread of this process, and a client of it."""
     import threading
 
     seq = pyseq.Sequencer(ring_name, capacity=1024)
     thread = threading.Thread(target=seq.run, daemon=True)
     thread.start()
-    oms = gw = None
+    client = None
     try:
-        oms = pyseq.Client.connect(ring_name, "oms", timeout=10)
-        oms.submit(NewOrder(order_id=1, symbol="AAPL", side=BUY, price=187.01, qty=100))
-        oms.submit(NewOrder(order_id=2, symbol="MSFT", side=SELL, price=410.5, qty=7))
-        gw = MarketDataGateway(ring_name, "127.0.0.1", 0, poll_interval=0.001)
-        d = Deadline(10, "the gateway to apply two orders")
-        while gw.book.open_orders < 2:
-            d.check()
-            gw.step()
+        client = pyseq.Client.connect(ring_name, "oms", timeout=10)
+        yield client
+    finally:
+        if client is not None:
+            client.close()
+        seq.stop()
+        thread.join(10)
+
+
+def step_until(gw: MarketDataGateway, predicate: Any, what: str) -> None:
+    d = Deadline(10, what)
+    while not predicate():
+        d.check()
+        gw.step()
+
+
+def test_a_market_data_request_gets_snapshots_and_narrows_the_stream_to_its_symbols(
+        ring_name: str, oms: pyseq.Client) -> None:
+    oms.submit(NewOrder(order_id=1, symbol="AAPL", side=BUY, price=187.01, qty=100))
+    oms.submit(NewOrder(order_id=2, symbol="MSFT", side=SELL, price=410.5, qty=7))
+    with MarketDataGateway(ring_name, "127.0.0.1", 0, poll_interval=0.001) as gw:
+        step_until(gw, lambda: gw.book.open_orders == 2, "the gateway to apply two orders")
         c = RawClient(gw, "MDR")
         c.send(fix.logon(30))
         c.wait_for("A")
@@ -485,8 +502,8 @@ def test_a_market_data_request_gets_snapshots_and_narrows_the_stream_to_its_symb
         assert [(m.get(55), m.get(268)) for m in w] == [("AAPL", "1"), ("MSFT", "1")]
         assert w[0].get(270) == "187.01" and w[0].get(271) == "100" and w[1].get(269) == fix.OFFER
         c.send(fix.market_data_request("req-1", ["MSFT"]))
-        w = c.wait_for("W", t262="req-1")
-        assert w.get(55) == "MSFT" and int(w.get(5500)) == gw.replica.last_applied
+        requested = c.wait_for("W", t262="req-1")
+        assert requested.get(55) == "MSFT" and int(requested.get(5500)) == gw.replica.last_applied
         oms.submit(NewOrder(order_id=3, symbol="AAPL", side=BUY, price=187.0, qty=1))
         oms.submit(Fill(order_id=2, price=410.5, qty=7))
         x = c.wait_for("X", t262="req-1")
@@ -495,19 +512,69 @@ def test_a_market_data_request_gets_snapshots_and_narrows_the_stream_to_its_symb
         assert not [m for m in c.received if m.msg_type == "X"]  # nothing about AAPL
         c.send(fix.market_data_request("req-2", subscription=fix.UNSUBSCRIBE))
         oms.submit(NewOrder(order_id=4, symbol="MSFT", side=SELL, price=411.0, qty=1))
-        d = Deadline(10, "the gateway to apply the last order")
-        while gw.book.open_orders < 3:
-            d.check()
-            c.poll()
+        step_until(gw, lambda: gw.book.open_orders == 3, "the gateway to apply the last order")
         for _ in range(20):
             c.poll()
         assert not [m for m in c.received if m.msg_type == "X"]
         c.close()
+
+
+def test_a_snapshot_larger_than_the_buffer_limit_does_not_make_a_client_slow(
+        ring_name: str, oms: pyseq.Client) -> None:
+    for i in range(1, 401):
+        oms.submit(NewOrder(order_id=i, symbol="DEEP", side=BUY if i % 2 else SELL, price=50 + i * 0.5, qty=i))
+    with MarketDataGateway(ring_name, "127.0.0.1", 0, poll_interval=0.001, max_buffer=2048) as gw:
+        step_until(gw, lambda: gw.book.open_orders == 400, "the gateway to apply 400 orders")
+        c = RawClient(gw, "DEEP")
+        c.send(fix.logon(30))
+        c.wait_for("A")
+        w = c.wait_for("W")
+        assert len(w.raw) > 4 * 2048 and w.get(268) == "400"
+        oms.submit(CancelOrder(order_id=1))
+        assert c.wait_for("X").get(279) == "2"
+        assert gw.stats()["slow_disconnects"] == 0
+        c.close()
+
+
+def test_the_gateway_follows_a_restarted_sequencer_and_its_clients_see_no_gap(ring_name: str,
+                                                                              tmp_path: Path) -> None:
+    import threading
+
+    journal = str(tmp_path / "journal")
+
+    def start() -> tuple[pyseq.Sequencer, threading.Thread]:
+        seq = pyseq.Sequencer(ring_name, journal=journal, fsync="never", capacity=1024)
+        thread = threading.Thread(target=seq.run, daemon=True)
+        thread.start()
+        return seq, thread
+
+    def submit(ids: range) -> None:
+        with pyseq.Client.connect(ring_name, "oms", timeout=10) as oms:
+            for i in ids:
+                oms.submit(NewOrder(order_id=i, symbol="X", side=BUY, price=10.0 + i, qty=i))
+
+    seq, thread = start()
+    gw = MarketDataGateway(ring_name, "127.0.0.1", 0, journal=journal, poll_interval=0.001)
+    try:
+        c = RawClient(gw, "RESTART")
+        c.send(fix.logon(30))
+        c.wait_for("A")
+        submit(range(1, 11))
+        seq.stop()
+        thread.join(10)
+        seq, thread = start()  # the same ring name: a new ring, numbering resumed from the journal
+        submit(range(11, 21))
+        d = Deadline(10, "the gateway to apply the orders sequenced after the restart")
+        while gw.book.open_orders < 20:
+            d.check()
+            c.poll()
+        entries: list[tuple[int, str]] = []
+        while len(entries) < 20:
+            entries += [(t, v) for m in [c.wait_for("X")] for t, v in m.fields if t == 271]
+        assert [int(v) for _, v in entries] == list(range(1, 21))
+        c.close()
     finally:
-        if gw is not None:
-            gw.close()
-        if oms is not None:
-            oms.close()
+        gw.close()
         seq.stop()
         thread.join(10)
 
@@ -681,7 +748,7 @@ def fix_client(port: int, name: str, target: Any, heartbeat: int = 2) -> dict:
                 assert t == b"A" and m.get(108) == b"%d" % heartbeat
                 first = ("A", 0)
             elif t == b"W":
-                sides = {"0": {}, "1": {}}
+                sides: dict[str, dict[str, int]] = {"0": {}, "1": {}}
                 for e in groups(m, b"269"):
                     sides[e[b"269"].decode()][e[b"270"].decode()] = int(e[b"271"])
                 book[m.get(55).decode()] = sides
@@ -743,9 +810,9 @@ def wait_until(predicate: Any, seconds: float, what: str, children: Optional[Chi
 def submit_paced(client: pyseq.Client, records: list[Any], rate: float) -> None:
     start = time.monotonic()
     for i, record in enumerate(records):
-        due = start + i / rate
-        if due > time.monotonic():
-            time.sleep(due - time.monotonic())
+        wait = start + i / rate - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
         client.submit(record)
 
 
