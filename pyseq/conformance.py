@@ -1221,21 +1221,13 @@ def state_difference(expected: bytes, actual: bytes, machine: str = "", limit: i
 
 # ================================================================================ the command
 
-def _int_at_least(minimum: int, what: str) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
-        return value
-    parse.__name__ = what
-    return parse
-
-
 def add_parser(sub: Any) -> None:
     """Add ``pyseq conformance record|check`` to the ``pyseq`` command's subparsers."""
+    from .cli import _number  # the command's own argument parsers (cli imports this module first)
+
+    def _int_at_least(minimum: int, what: str) -> Callable[[str], int]:
+        return _number(int, minimum, what)
+
     p = sub.add_parser("conformance", help="record a conformance kit, or check an implementation against one",
                        description="A conformance kit is a journal of a seeded reference-data workload, the "
                                    "reference's snapshots, and its digest after every sequence. `record` writes "
