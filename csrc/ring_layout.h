@@ -91,8 +91,10 @@
  *   |                     journal_errors                            | 400  interval). state: 0 no journal,
  *   |                                                               |      1 journaling, 2 stalled (writes
  *   +---------------------------------------------------------------+      failing), 3 stopped. fsync:
- *   |                   reserved, zero, to 1024                     | 408  0 never, 1 interval, 2 batch.
- *   +---------------------------------------------------------------+      errors: failed writes/fsyncs
+ *   |                        journal_id                             | 408  0 never, 1 interval, 2 batch.
+ *   |                                                               |      errors: failed writes/fsyncs.
+ *   +---------------------------------------------------------------+      journal_id: the journal
+ *   |                   reserved, zero, to 1024                     | 416  directory's id (its ID file)
  *   |                     notes[3072]                               | 1024 the writer's notes: UTF-8,
  *   ...                                                           ...     NUL-terminated; written once
  *   +---------------------------------------------------------------+     before anyone depends on them
@@ -272,7 +274,8 @@ typedef struct pyseq_ring_header_s {
     uint32_t journal_state;   /* the journaler only, relaxed: PYSEQ_JOURNAL_* */
     uint32_t journal_fsync;   /* the journaler only, relaxed: PYSEQ_FSYNC_* */
     uint64_t journal_errors;  /* the journaler only, relaxed: failed writes and fsyncs */
-    uint8_t pad_journaled[PYSEQ_RING_NOTES_OFFSET - 3 * PYSEQ_PADDED_LINE - 3 * sizeof(int64_t)];
+    uint64_t journal_id;      /* the journaler, before it runs: which journal this ring is written to */
+    uint8_t pad_journaled[PYSEQ_RING_NOTES_OFFSET - 3 * PYSEQ_PADDED_LINE - 4 * sizeof(int64_t)];
     /* the writer's notes: written by the writer, read by anyone */
     char notes[PYSEQ_RING_NOTES_LENGTH];
 } pyseq_ring_header_t;
@@ -320,6 +323,7 @@ _Static_assert(offsetof(pyseq_ring_header_t, journaled_sequence) == 384, "journa
 _Static_assert(offsetof(pyseq_ring_header_t, journal_state) == 392, "journal_state");
 _Static_assert(offsetof(pyseq_ring_header_t, journal_fsync) == 396, "journal_fsync");
 _Static_assert(offsetof(pyseq_ring_header_t, journal_errors) == 400, "journal_errors");
+_Static_assert(offsetof(pyseq_ring_header_t, journal_id) == 408, "journal_id");
 _Static_assert(offsetof(pyseq_ring_header_t, notes) == 1024, "notes");
 _Static_assert(sizeof(pyseq_ring_header_t) == PYSEQ_RING_HEADER_LENGTH, "header is one page");
 

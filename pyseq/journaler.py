@@ -36,6 +36,7 @@ from .ring import Reader, Ring
 log = logging.getLogger("pyseq.journal")
 
 JOURNAL_CURSOR = "journaler"
+ID_NAME = "ID"
 DEFAULT_SEGMENT_BYTES = 64 << 20
 DEFAULT_BUFFER_BYTES = 1 << 20
 _RETRY_FIRST_S = 0.01
@@ -91,6 +92,23 @@ def lock_journal(path: str) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def journal_id(path: str) -> int:
+    """The journal directory's id (its ``ID`` file, made on first use): the journaler writes it into
+    the ring's header, so a restart knows whether a leftover ring was written to this journal."""
+    id_path = os.path.join(path, ID_NAME)
+    try:
+        with open(id_path) as f:
+            return int(f.read().strip(), 16)
+    except (FileNotFoundError, ValueError):
+        value = int.from_bytes(os.urandom(8), "little") or 1
+        with open(id_path + ".tmp", "w") as f:
+            f.write(f"{value:016x}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(id_path + ".tmp", id_path)
+        return value
 
 
 def _fsync_dir(path: str) -> None:
@@ -230,6 +248,7 @@ class Journaler:
         self._reader = ring.reader(JOURNAL_CURSOR, gating=True, start=ring.next_sequence)
         header = ring._w.ring.header
         header.journal_fsync = self.policy.code
+        header.journal_id = journal_id(self.path)
         self._writer = _SegmentWriter(self.path, self._reader, header, self.policy, segment_bytes, buffer_bytes,
                                       schema_id, schema_version)
         header.journal_state = lib.PYSEQ_JOURNAL_RUNNING
@@ -387,12 +406,9 @@ def _journal_from_old_ring(path: str, ring_name: str, last: int, segment_bytes: 
         published = old.published_sequence
         if published <= last:
             return last
-        if old.first_sequence > last + 1 or old.journaled_sequence > last:
-            # the old ring does not continue this journal: it began past its end, or it was journaled
-            # further than this journal goes (into another directory)
-            log.warning("journal %r: the previous ring %r (sequences %d..%d, journaled to %d) was not journaled "
-                        "here (this journal ends at %d); its messages are not copied", path, ring_name,
-                        old.first_sequence, published, old.journaled_sequence, last)
+        if int(old._mapping().header.journal_id) != journal_id(path):
+            log.warning("journal %r: the previous ring %r (sequences %d..%d) was journaled into another journal "
+                        "directory; its messages are not copied", path, ring_name, old.first_sequence, published)
             return last
         oldest = max(old.first_sequence, published - old.capacity + 1)
         if last + 1 < oldest:
