@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 from . import errors, schema
 from . import conformance
+from . import demo
 from . import gateway
 from . import schema_cli
 from .idle import BackoffIdle, BusySpin, IdleStrategy, SpinYield, default_idle
@@ -223,6 +224,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", help="the final report as one JSON object")
     p.set_defaults(run=_run_replay, parser=p)
     # more subcommands, each from its own module: add_parser(sub) adds it (one line each)
+    demo.add_parser(sub)
     gateway.add_parser(sub)
     conformance.add_parser(sub)
     schema_cli.add_parser(sub)
