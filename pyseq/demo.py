@@ -4,6 +4,7 @@
 
     pyseq demo                               # about 20 s: a live progress line, then a report
     pyseq demo --duration 60 --clients 4 --json report.json
+    pyseq demo --chaos --duration 30         # processes SIGKILLed and restarted mid-run
 
 The processes (``multiprocessing`` "spawn" children of the command, which orchestrates them):
 
@@ -32,7 +33,26 @@ against each other and against replicas it runs over the journal itself.  Unequa
 gap or a rebuilt book that differs from the gateway's make the demo fail (exit 1).  Ctrl-C or
 SIGTERM stop everything: every child ends and every /dev/shm object of the demo's ring is removed.
 
-Not done (yet): ``--chaos`` (kill and restart a replica and the gateway).
+``--chaos``: at seeded random moments of the order flow, one at a time, the retail OMS, the router,
+the gateway and (once it has joined) the institutional OMS are killed with SIGKILL and restarted
+under the same name: each recovers from its own latest snapshot and the journal, then goes live;
+the report lists each fault with its recovery time (kill to live again).  What makes that safe:
+
+- a restarted client reconnects under the same client name (retried while the sequencer still
+  drains the dead one's inbound ring; it is taken only after that ring is drained and removed);
+- the router's snapshots carry, besides the reference data (its digest is the reference data's
+  alone), the decisions (Route, Fill, OrderRejected) made for sequenced orders whose echo it has not
+  yet seen in the stream; a restarted router connects first (so everything its predecessor
+  submitted is sequenced), catches up (the echoes remove what was sent) and sends the rest: every
+  order is decided exactly once, derived from the stream, not from memory;
+- a restarted OMS takes a fresh, disjoint block of order ids (``INCARNATION_IDS``) and its own RNG
+  stream; counts are summed over incarnations in shared memory (a process killed right after a
+  submit, before counting it, has one message more in the stream than it counted);
+- the FIX clients of a killed gateway connect again to its successor: a new session (MsgSeqNum
+  from 1, checked with no gap in each session), a fresh book from its 35=W snapshots;
+- no multiprocessing lock is shared with a killable process (a killed holder never releases it):
+  flags and counters are lock-free shared memory, and a process is killed only 0.3 s after its last
+  word to the results queue.
 """
 from __future__ import annotations
 
@@ -71,7 +91,26 @@ NEW_SYMBOLS = ["SHOP", "UBER", "ABNB", "SNOW", "PLTR", "COIN", "RIVN", "ARM"]
 TICKS = [0.01, 0.05, 0.25]
 LOTS = [1, 10, 100]
 
+OMS_KEYS = ["generated", "accepted", "rejected_halted", "rejected_off_tick", "rejected_other", "cancels"]
+SOR_KEYS = ["orders_seen", "routes", "fills", "rejected"]
+INCARNATION_IDS = 100_000_000  # each OMS incarnation takes a disjoint block of order ids
+
 log = logging.getLogger("pyseq.demo")
+
+
+def _connect(ring: str, name: str, timeout: float = 20.0) -> Any:
+    """Client.connect, retried while a killed predecessor of the same name still holds the name (its
+    inbound ring is drained by the sequencer, then removed; the new one is taken after that)."""
+    from . import errors
+    from .client import Client
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            return Client.connect(ring, name, timeout=max(0.5, end - time.monotonic()))
+        except (errors.ClientNameInUseError, errors.SequencerNotRunningError):
+            if time.monotonic() >= end:
+                raise
+            time.sleep(0.05)
 
 
 # ---- helpers shared by the children -----------------------------------------------------------------
@@ -105,6 +144,27 @@ def _child(fn: Callable[..., Any], label: str, results: Any, idle: str, parent: 
     except BaseException:
         results.put((label, "error", traceback.format_exc()))
         raise SystemExit(1)
+
+
+class _Flag:
+    """A one-way flag in shared memory with the part of ``multiprocessing.Event``'s interface the
+    demo uses, and no lock: ``Event.is_set`` takes a semaphore, and a process SIGKILLed while holding
+    it (``--chaos``) would leave every other process that looks at the event hung."""
+
+    def __init__(self) -> None:
+        self._v = SPAWN.RawValue("b", 0)
+
+    def is_set(self) -> bool:
+        return bool(self._v.value)
+
+    def set(self) -> None:
+        self._v.value = 1
+
+    def wait(self, timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        while not self._v.value and time.monotonic() < end:
+            time.sleep(min(0.005, max(0.0, end - time.monotonic())))
+        return bool(self._v.value)
 
 
 def _wait_event(event: Any, abort: Any, timeout: float = 1e9) -> bool:
@@ -252,8 +312,7 @@ def _admin(label: str, results: Any, idle: str, ring: str, seed: int, instrument
 
 def _oms(label: str, results: Any, idle: str, ring: str, journal: str, snapshots: str, snapshot_from: Optional[str],
          status: Any, slot: int, seed: int, rate: float, id_base: int, off_tick: float, stop_orders: Any,
-         done: Any, abort: Any) -> None:
-    from .client import Client
+         done: Any, abort: Any, incarnation: int = 0, shared: Any = None) -> None:
     from .orders import (BUY, NEW_ORDER, REASON_HALTED, REASON_OFF_TICK, REASON_OTHER, SELL, CancelOrder, NewOrder,
                          OrderRejected)
     from .refdata import ReferenceData
@@ -274,23 +333,30 @@ def _oms(label: str, results: Any, idle: str, ring: str, journal: str, snapshots
 
     watcher.extra = mine
     machine = _observed(ReferenceData)(watcher)
-    replica = Replica(machine, ring=ring, journal=journal, snapshots=snapshots, snapshot_from=snapshot_from,
-                      name=label, idle=_idle(idle))
+    # a restarted incarnation recovers from its own latest snapshot (then the journal)
+    replica = Replica(machine, ring=ring, journal=journal, snapshots=snapshots,
+                      snapshot_from=snapshot_from if incarnation == 0 else None, name=label, idle=_idle(idle))
     started = time.monotonic()
     replica.run_until_caught_up(timeout=60)
     caught = {"after_s": round(time.monotonic() - started, 3), "at_seq": replica.last_applied,
               "from_snapshot_seq": replica.started_from, "replayed": replica.applied}
     watcher.live = True
     status[slot] = replica.last_applied
-    results.put((label, "caught-up", caught))
     account = label.split("-")[0][:16]
-    rng = random.Random(seed)
+    rng = random.Random(seed + 7919 * incarnation)
     counts = {"generated": 0, "accepted": 0, "rejected_halted": 0, "rejected_off_tick": 0, "rejected_other": 0,
               "cancels": 0}
     open_ids: list[int] = []
-    client = Client.connect(ring, label, timeout=20)
+
+    def bump(key: str) -> None:  # counted in this incarnation and (summed over incarnations) in shared memory
+        counts[key] += 1
+        if shared is not None:
+            shared[OMS_KEYS.index(key)] += 1
+
+    client = _connect(ring, label)
+    results.put((label, "caught-up" if incarnation == 0 else "recovered", caught))
     try:
-        next_id = id_base
+        next_id = id_base + incarnation * INCARNATION_IDS
         t0 = time.monotonic()
         while not stop_orders.is_set():
             if abort.is_set():
@@ -299,11 +365,11 @@ def _oms(label: str, results: Any, idle: str, ring: str, journal: str, snapshots
             status[slot] = replica.last_applied
             due = int((time.monotonic() - t0) * rate) - counts["generated"]
             for _ in range(max(0, min(due, 50))):
-                counts["generated"] += 1
                 instruments = machine.instruments()
                 if open_ids and rng.random() < 0.1:
                     client.submit(CancelOrder(order_id=open_ids.pop(rng.randrange(len(open_ids))), account=account))
-                    counts["cancels"] += 1
+                    bump("cancels")
+                    bump("generated")
                     continue
                 inst = rng.choice(instruments)
                 side = rng.choice((BUY, SELL))
@@ -319,14 +385,16 @@ def _oms(label: str, results: Any, idle: str, ring: str, journal: str, snapshots
                     submitted[next_id] = time.time_ns()
                     client.submit(NewOrder(order_id=next_id, symbol=inst.symbol, side=side, price=price, qty=qty,
                                            account=account))
-                    counts["accepted"] += 1
+                    bump("accepted")
+                    bump("generated")
                     open_ids.append(next_id)
                     del open_ids[:-200]
                     continue
                 reason = REASON_HALTED if "halted" in why else REASON_OFF_TICK if "tick" in why else REASON_OTHER
-                counts["rejected_halted" if reason == REASON_HALTED else
-                       "rejected_off_tick" if reason == REASON_OFF_TICK else "rejected_other"] += 1
                 client.submit(OrderRejected(order_id=next_id, reason=reason, text=why[:32]))
+                bump("rejected_halted" if reason == REASON_HALTED else
+                     "rejected_off_tick" if reason == REASON_OFF_TICK else "rejected_other")
+                bump("generated")
             time.sleep(0.002)
         client.wait_sequenced(10)
         results.put((label, "quiet", dict(counts)))
@@ -357,52 +425,105 @@ def _fills_for(order_id: int, qty: int) -> list[int]:
     return [qty // 2, qty - qty // 2]  # filled in two parts
 
 
-def _sor(label: str, results: Any, idle: str, ring: str, journal: str, snapshots: str, status: Any, slot: int,
-         drain: Any, drain_to: Any, done: Any, abort: Any) -> None:
-    from .client import Client
-    from .orders import NEW_ORDER, REASON_HALTED, REASON_OFF_TICK, Fill, NewOrder, OrderRejected, Route
+def _sor_machine() -> type:
+    """The router's machine: the reference data (its digest is the reference data's alone) plus, in
+    its snapshots, the decisions (Route, Fill, OrderRejected) made for sequenced orders whose echo
+    the router has not yet seen in the sequenced stream.  A restarted router recovers them from its
+    snapshot and the journal: what was routed is what the stream says, not what memory says."""
+    import collections
+    import hashlib
+    import pickle
+    import struct
     from .refdata import ReferenceData
+
+    class RouterState(ReferenceData):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            super().__init__()
+            self.outstanding: Any = collections.deque()
+
+        def snapshot(self) -> bytes:
+            base = super().snapshot()
+            return struct.pack("<I", len(base)) + base + pickle.dumps(list(self.outstanding))
+
+        def restore(self, data: bytes) -> None:
+            (n,) = struct.unpack_from("<I", data)
+            super().restore(data[4:4 + n])
+            self.outstanding = collections.deque(pickle.loads(data[4 + n:]))
+
+        def digest(self) -> str:
+            return hashlib.sha256(ReferenceData.snapshot(self)).hexdigest()
+
+    return RouterState
+
+
+def _sor(label: str, results: Any, idle: str, ring: str, journal: str, snapshots: str, status: Any, slot: int,
+         drain: Any, drain_to: Any, done: Any, abort: Any, incarnation: int = 0, shared: Any = None) -> None:
+    from .orders import (FILL, NEW_ORDER, ORDER_REJECTED, REASON_HALTED, REASON_OFF_TICK, ROUTE, Fill, NewOrder,
+                         OrderRejected, Route)
     from .replica import Replica
+    from .sequencer import source_id
 
     watcher = _Watcher()
-    pending: list[Any] = []
-    counts = {"orders_seen": 0, "routes": 0, "fills": 0, "rejected": 0}
+    me = source_id(label)
+    counts = {k: 0 for k in SOR_KEYS}
+    sent = [0]  # how many of machine.outstanding (from the left) this incarnation has submitted
 
     def route(machine: Any, msg: Any) -> None:
+        if msg.source == me and msg.msg_type in (ROUTE, FILL, ORDER_REJECTED):
+            machine.outstanding.popleft()  # its echo: sequenced (the router's records are sequenced in order)
+            sent[0] = max(0, sent[0] - 1)
+            return
         if msg.msg_type != NEW_ORDER:
             return
         o = NewOrder.decode(msg.payload)
-        counts["orders_seen"] += 1
         why = machine.validate_order(o.symbol, o.price, o.qty)  # the reference data at this order's sequence
         if why is not None:
-            pending.append(OrderRejected(order_id=o.order_id, reason=REASON_HALTED if "halted" in why else
-                                         REASON_OFF_TICK, text=f"sor: {why}"[:32]))
-            counts["rejected"] += 1
+            machine.outstanding.append(OrderRejected(order_id=o.order_id, reason=REASON_HALTED if "halted" in why
+                                                     else REASON_OFF_TICK, text=f"sor: {why}"[:32]))
             return
         venue = VENUES[o.order_id % len(VENUES)]
-        pending.append(Route(order_id=o.order_id, venue=venue, qty=o.qty))
-        counts["routes"] += 1
+        machine.outstanding.append(Route(order_id=o.order_id, venue=venue, qty=o.qty))
         for q in _fills_for(o.order_id, o.qty):
-            pending.append(Fill(order_id=o.order_id, price=o.price, qty=q, venue=venue, liquidity=1))
-            counts["fills"] += 1
+            machine.outstanding.append(Fill(order_id=o.order_id, price=o.price, qty=q, venue=venue, liquidity=1))
+
+    def bump(key: str) -> None:
+        counts[key] += 1
+        if shared is not None:
+            shared[SOR_KEYS.index(key)] += 1
 
     watcher.extra = route
-    machine = _observed(ReferenceData)(watcher)
+    machine = _observed(_sor_machine())(watcher)
     replica = Replica(machine, ring=ring, journal=journal, snapshots=snapshots, name=label, idle=_idle(idle))
-    replica.run_until_caught_up(timeout=60)
-    watcher.live = True
-    client = Client.connect(ring, label, timeout=20)
+    started = time.monotonic()
+    # connect first: a killed predecessor's inbound ring is drained before this one is taken, so once
+    # connected, everything it submitted is in the stream and catching up sees its echo
+    client = _connect(ring, label)
     try:
-        results.put((label, "caught-up", {"at_seq": replica.last_applied}))
+        replica.run_until_caught_up(timeout=60)
+        watcher.live = True
+        results.put((label, "caught-up" if incarnation == 0 else "recovered",
+                     {"at_seq": replica.last_applied, "from_snapshot_seq": replica.started_from,
+                      "replayed": replica.applied, "after_s": round(time.monotonic() - started, 3),
+                      "outstanding": len(machine.outstanding)}))
         quiet = False
         while watcher.final is None:
             if abort.is_set():
                 return
             replica.follow(duration=0.005)
             status[slot] = replica.last_applied
-            for record in pending:
+            out = machine.outstanding
+            while sent[0] < len(out):
+                record = out[sent[0]]
                 client.submit(record)
-            pending.clear()
+                sent[0] += 1
+                if isinstance(record, Route):
+                    bump("routes")
+                    bump("orders_seen")
+                elif isinstance(record, Fill):
+                    bump("fills")
+                else:
+                    bump("rejected")
+                    bump("orders_seen")
             if drain.is_set() and not quiet and replica.last_applied >= drain_to.value:
                 client.wait_sequenced(10)
                 quiet = True
@@ -457,6 +578,8 @@ def _gateway(label: str, results: Any, idle: str, ring: str, journal: str, snaps
             status[slot] = gw.replica.last_applied
             if not watcher.live and gw.replica.lag == 0:
                 watcher.live = True  # caught up: from here on, what it reads is live
+                results.put((label, "live", {"at_seq": gw.replica.last_applied,
+                                             "from_snapshot_seq": gw.replica.started_from}))
             if watcher.final is not None and not final_levels:
                 final_levels.append(_levels(book))
     finally:
@@ -468,16 +591,34 @@ def _gateway(label: str, results: Any, idle: str, ring: str, journal: str, snaps
 _HEAD = re.compile(rb"8=FIX\.4\.4\x019=(\d+)\x01")
 
 
-def _fix_client(label: str, results: Any, idle: str, port: int, heartbeat: int, stop: Any, abort: Any) -> None:
+def _fix_client(label: str, results: Any, idle: str, port_value: Any, heartbeat: int, stop: Any,
+                abort: Any) -> None:
     """A FIX 4.4 market-data client: frames and checks every message with its own code (BodyLength,
-    CheckSum, MsgSeqNum with no gap; simplefix re-parses it when installed), rebuilds the book."""
+    CheckSum, MsgSeqNum with no gap; simplefix re-parses it when installed), rebuilds the book.  When
+    the gateway goes away (killed by --chaos), it connects again to the gateway's new port: a new
+    session, MsgSeqNum from 1, a fresh book from the 35=W snapshots."""
     from . import fix
     try:
         import simplefix  # type: ignore[import-untyped]
     except ImportError:
         simplefix = None
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    sock.setblocking(False)
+
+    def connect() -> socket.socket:
+        end = time.monotonic() + 30
+        while True:
+            try:
+                c = socket.create_connection(("127.0.0.1", port_value.value), timeout=10)
+                c.setblocking(False)
+                return c
+            except OSError:
+                if time.monotonic() > end or abort.is_set():
+                    raise
+                time.sleep(0.05)
+
+    sock = connect()
+    reconnects: list[str] = []
+    sessions = 1
+    messages = 0
     name = label.upper()
     out_seq = 0
     last_sent = time.monotonic()
@@ -503,7 +644,8 @@ def _fix_client(label: str, results: Any, idle: str, port: int, heartbeat: int, 
     deadline: Optional[float] = None
 
     def handle(raw: bytes) -> None:
-        nonlocal expect, gaps, at_seq
+        nonlocal expect, gaps, at_seq, messages
+        messages += 1
         head = _HEAD.match(raw)
         body = raw[head.end():-7] if head else b""
         if head is None or len(body) != int(head.group(1)):
@@ -572,16 +714,34 @@ def _fix_client(label: str, results: Any, idle: str, port: int, heartbeat: int, 
         if deadline is not None and time.monotonic() > deadline:
             problems.append("no end of the session within 10 s of the Logout")
             break
+        lost = False
         try:
             data = sock.recv(1 << 16)
             if not data:
-                eof = True
+                if logout_sent:
+                    eof = True
+                else:
+                    lost = True
             buf += data
         except (BlockingIOError, InterruptedError):
             time.sleep(0.002)
         except OSError as e:
-            problems.append(f"receive failed: {e}")
-            break
+            if logout_sent:
+                problems.append(f"receive failed: {e}")
+                break
+            lost = True
+        if lost:  # the gateway is gone: a new session with its successor
+            reconnects.append(f"session {sessions} lost after its message {expect - 1} "
+                              f"({messages} messages in all)")
+            sock.close()
+            sock = connect()
+            sessions += 1
+            buf.clear()
+            book.clear()
+            expect = 1
+            out_seq = 0
+            send(fix.logon(heartbeat, reset=True))
+            continue
         while True:
             head = _HEAD.match(buf)
             if head is None:
@@ -600,7 +760,8 @@ def _fix_client(label: str, results: Any, idle: str, port: int, heartbeat: int, 
             send(fix.heartbeat())
     sock.close()
     normal = {sym: {k: v for k, v in sides.items() if v} for sym, sides in book.items()}
-    results.put((label, "final", {"messages": expect - 1, "by_type": by_type, "gaps": gaps,
+    results.put((label, "final", {"messages": messages, "sessions": sessions, "reconnects": reconnects,
+                                  "by_type": by_type, "gaps": gaps,
                                   "problems": problems[:20], "book": {s: v for s, v in normal.items() if v},
                                   "at_seq": at_seq, "simplefix": simplefix is not None}))
 
@@ -625,10 +786,12 @@ class Demo:
         self.results = SPAWN.Queue()
         self.events: dict[tuple[str, str], Any] = {}
         self.procs: dict[str, Any] = {}
-        self.status = SPAWN.Array("q", [-1] * len(SLOTS))
-        self.port = SPAWN.Value("i", 0)
-        self.drain_to = SPAWN.Value("q", 0)
-        self.ev = {k: SPAWN.Event() for k in ("abort", "stop_seq", "stop_orders", "drain", "final", "done",
+        # no multiprocessing lock anywhere a process may be SIGKILLed (--chaos): a lock held by a killed
+        # process is never released, and every other process touching it would hang
+        self.status = SPAWN.Array("q", [-1] * len(SLOTS), lock=False)
+        self.port = SPAWN.Value("i", 0, lock=False)
+        self.drain_to = SPAWN.Value("q", 0, lock=False)
+        self.ev = {k: _Flag() for k in ("abort", "stop_seq", "stop_orders", "drain", "final", "done",
                                              "stop_fix", "stop_gw")}
         self.interrupted: Optional[str] = None
         self.tty = sys.stdout.isatty()
@@ -636,6 +799,17 @@ class Demo:
         self.idle = self._plan_idle(args.busy_spin)
         self.started = 0.0
         self.late_started_at: Optional[float] = None
+        # --chaos: counters summed over incarnations (shared memory, no lock: one writer at a time)
+        self.shared = {"retail-oms": SPAWN.Array("q", len(OMS_KEYS), lock=False),
+                       "institutional-oms": SPAWN.Array("q", len(OMS_KEYS), lock=False),
+                       "sor": SPAWN.Array("q", len(SOR_KEYS), lock=False)}
+        self.recipes: dict[str, tuple[Any, tuple]] = {}
+        self.incarnation: dict[str, int] = {}
+        self.dead: list[Any] = []
+        self.event_times: dict[tuple[str, str], float] = {}
+        self.faults: list[dict[str, Any]] = []
+        self.pending_fault: Optional[dict[str, Any]] = None
+        self.chaos_plan: list[tuple[float, str]] = []
 
     def _plan_idle(self, force: bool) -> dict[str, str]:
         """Busy-spin only where a core is free for it: the sequencer from 4 cores on, the router from 8
@@ -657,6 +831,67 @@ class Demo:
                                                os.getpid(), *args), name=label, daemon=True)
         p.start()
         self.procs[label] = p
+        self.recipes[label] = (fn, args)
+        self.incarnation.setdefault(label, 0)
+
+    # ---- chaos ---------------------------------------------------------------------------------
+
+    def plan_chaos(self) -> None:
+        """Seeded: one SIGKILL of each of retail-oms, sor and the gateway at random moments of the order
+        flow, and of the institutional OMS once it has joined; one fault at a time."""
+        d = self.duration
+        rng = random.Random(self.args.seed * 7919 + 17)
+        first = rng.sample(["retail-oms", "sor", "gateway"], 3)
+        slots = [(0.10, 0.25), (0.25, 0.40), (0.40, 0.55)]
+        self.chaos_plan = [(rng.uniform(lo, hi) * d, t) for (lo, hi), t in zip(slots, first)]
+        self.chaos_plan.append((rng.uniform(0.60, 0.75) * d, "institutional-oms"))
+
+    def chaos_step(self, now_s: float) -> None:
+        f = self.pending_fault
+        if f is not None:
+            key = (f["process"], "live" if f["process"] == "gateway" else "recovered")
+            if key in self.events:
+                value = self.events[key]
+                f["recovered_after_s"] = round(self.event_times[key] - self.started - f["killed_at_s"], 3)
+                f["restarted_from_snapshot_seq"] = value.get("from_snapshot_seq")
+                f["live_at_seq"] = value.get("at_seq")
+                self.note(f"chaos: {f['process']} is live again after {f['recovered_after_s']:.2f} s (from the "
+                          f"snapshot at {f['restarted_from_snapshot_seq']}, live at sequence {f['live_at_seq']})")
+                self.pending_fault = None
+            return
+        if not self.chaos_plan or now_s < self.chaos_plan[0][0]:
+            return
+        target = self.chaos_plan[0][1]
+        ready = "live" if target == "gateway" else "caught-up"
+        if target not in self.procs or (target, ready) not in self.events:
+            return  # not started or not live yet: later
+        if time.monotonic() - self.event_times[(target, ready)] < 0.3:
+            return  # its last word to the results queue may still hold the queue's write lock
+        self.chaos_plan.pop(0)
+        self.kill_and_restart(target)
+
+    def kill_and_restart(self, label: str) -> None:
+        p = self.procs.pop(label)
+        killed_at = time.monotonic() - self.started
+        os.kill(p.pid, signal.SIGKILL)
+        p.join(10)
+        self.dead.append(p)
+        self.status[SLOTS.index(label)] = -1
+        if label == "gateway":
+            self.port.value = 0  # the FIX clients wait for the successor's port
+        for kind in ("recovered", "live", "listening"):
+            self.events.pop((label, kind), None)
+        n = self.incarnation[label] = self.incarnation[label] + 1
+        fn, args = self.recipes[label]
+        if fn in (_oms, _sor):
+            args = (*args[:-2], n, args[-1])  # the same process, its next incarnation
+        fault = {"process": label, "signal": "SIGKILL", "pid": p.pid, "killed_at_s": round(killed_at, 3),
+                 "incarnation": n, "recovered_after_s": None, "restarted_from_snapshot_seq": None,
+                 "live_at_seq": None}
+        self.faults.append(fault)
+        self.pending_fault = fault
+        self.note(f"chaos: SIGKILL {label} (pid {p.pid}); restarting it")
+        self.start(label, fn, *args)
 
     def pump(self) -> None:
         while True:
@@ -667,6 +902,7 @@ class Demo:
             if kind == "error":
                 raise RuntimeError(f"process {label} failed:\n{value}")
             self.events[(label, kind)] = value
+            self.event_times[(label, kind)] = time.monotonic()
             if kind == "caught-up" and label == "institutional-oms":
                 self.note(f"institutional-oms caught up: from the snapshot at {value['from_snapshot_seq']}, "
                           f"replayed {value['replayed']} messages in {value['after_s']:.2f} s, live at sequence "
@@ -734,15 +970,15 @@ class Demo:
         self.wait("admin", "loaded", 30)
         snap = lambda name: os.path.join(self.dir, "snapshots", name)  # noqa: E731
         self.start("sor", _sor, self.ring, self.journal, snap("sor"), self.status, SLOTS.index("sor"),
-                   self.ev["drain"], self.drain_to, self.ev["done"], self.ev["abort"])
+                   self.ev["drain"], self.drain_to, self.ev["done"], self.ev["abort"], 0, self.shared["sor"])
         self.start("retail-oms", _oms, self.ring, self.journal, snap("retail-oms"), None, self.status,
                    SLOTS.index("retail-oms"), a.seed + 1, a.rate, 0, 0.05, self.ev["stop_orders"], self.ev["done"],
-                   self.ev["abort"])
+                   self.ev["abort"], 0, self.shared["retail-oms"])
         self.start("gateway", _gateway, self.ring, self.journal, snap("gateway"), self.status,
                    SLOTS.index("gateway"), self.port, self.ev["stop_gw"], self.ev["abort"])
-        port = self.wait("gateway", "listening", 30)
+        self.wait("gateway", "listening", 30)
         for i in range(a.clients):
-            self.start(f"fix-{i + 1}", _fix_client, port, 5, self.ev["stop_fix"], self.ev["abort"])
+            self.start(f"fix-{i + 1}", _fix_client, self.port, 5, self.ev["stop_fix"], self.ev["abort"])
         self.wait("retail-oms", "caught-up", 30)
         self.wait("sor", "caught-up", 30)
         self.started = time.monotonic()
@@ -751,16 +987,22 @@ class Demo:
         with Ring.attach(self.ring) as ring:
             last[1] = ring.published_sequence
             next_view = 0.0
-            while time.monotonic() - self.started < a.duration:
+            if a.chaos:
+                self.plan_chaos()
+            while time.monotonic() - self.started < a.duration or self.pending_fault is not None:
                 self.check()
                 now = time.monotonic()
+                if a.chaos:
+                    self.chaos_step(now - self.started)
+                if now - self.started > a.duration + 60:
+                    raise RuntimeError(f"chaos: {self.pending_fault} did not recover within 60 s")
                 if self.late_started_at is None and now - self.started >= 0.4 * a.duration:
                     self.late_started_at = now - self.started
                     self.note("institutional-oms joins: from the retail OMS's latest snapshot, then the journal")
                     self.start("institutional-oms", _oms, self.ring, self.journal, snap("institutional-oms"),
                                snap("retail-oms"), self.status, SLOTS.index("institutional-oms"), a.seed + 2,
                                a.rate / 4, 1_000_000_000, 0.0, self.ev["stop_orders"], self.ev["done"],
-                               self.ev["abort"])
+                               self.ev["abort"], 0, self.shared["institutional-oms"])
                 if now >= next_view:
                     next_view = now + (0.25 if self.tty else 1.0)
                     self.progress(ring, last)
@@ -870,7 +1112,8 @@ class Demo:
         clients = {}
         for n, r in fixr.items():
             match = gw["levels"] is not None and r["book"] == gw["levels"]
-            clients[n] = {k: r[k] for k in ("messages", "by_type", "gaps", "problems", "at_seq", "simplefix")}
+            clients[n] = {k: r[k] for k in ("messages", "sessions", "reconnects", "by_type", "gaps", "problems",
+                                            "at_seq", "simplefix")}
             clients[n]["book_matches_gateway"] = match
             if r["gaps"] or r["problems"]:
                 problems.append(f"FIX client {n}: {r['gaps']} gaps, problems: {r['problems'][:3]}")
@@ -878,19 +1121,25 @@ class Demo:
                 problems.append(f"FIX client {n}: the book it rebuilt differs from the gateway's")
             if r["messages"] == 0:
                 problems.append(f"FIX client {n} received nothing")
-        oms_counts = {n: finals[n]["counts"] for n in ("retail-oms", "institutional-oms") if n in finals}
-        late = finals.get("institutional-oms", {}).get("caught_up")
+        # counts summed over every incarnation of each process (--chaos restarts them)
+        oms_counts = {n: dict(zip(OMS_KEYS, self.shared[n][:])) for n in ("retail-oms", "institutional-oms")
+                      if n in finals}
+        sor_counts = dict(zip(SOR_KEYS, self.shared["sor"][:]))
+        late = self.events.get(("institutional-oms", "caught-up"))
         if late is not None:
             late = dict(late, joined_at_s=round(self.late_started_at or 0, 3))
         sequenced = final_seq - (info["first_seq"] or 1) + 1
+        for f in self.faults:
+            if f["recovered_after_s"] is None:
+                problems.append(f"chaos: {f['process']} killed at {f['killed_at_s']} s never recovered")
         report = {
             "ok": not problems, "problems": problems, "ring": self.ring, "dir": self.dir if self.keep_dir else None,
             "duration_s": self.duration, "run_s": round(run_s, 3), "cores": self.cores, "idle": self.idle,
             "final_seq": final_seq, "journal_records": info["records"], "journal_last_seq": info["last_seq"],
             "throughput_msg_s": round(sequenced / run_s, 1),
             "digests": digests, "orderbook_digests": book_digests,
-            "messages_by_type": by_type, "latency_ns": lat, "faults": [],
-            "oms": oms_counts, "sor": finals["sor"]["counts"], "admin": admin, "late_joiner": late,
+            "messages_by_type": by_type, "latency_ns": lat, "faults": self.faults, "chaos": bool(self.args.chaos),
+            "oms": oms_counts, "sor": sor_counts, "admin": admin, "late_joiner": late,
             "fix": {"clients_served": stats["clients_served"], "messages_sent": stats["messages_sent"],
                     "snapshots_sent": stats["snapshots_sent"], "incrementals_sent": stats["incrementals_sent"],
                     "clients": clients},
@@ -920,7 +1169,7 @@ class Demo:
             lines.append(f"institutional-oms joined at {lj['joined_at_s']:.1f} s from the snapshot at sequence "
                          f"{lj['from_snapshot_seq']}, replayed {lj['replayed']} messages and was live at sequence "
                          f"{lj['at_seq']} after {lj['after_s']:.2f} s")
-        lines.append("latency (us)        count      p50      p90      p99      max")
+        lines.append(f"  {'latency (us), by hop':<28} {'count':>7} {'p50':>8} {'p90':>8} {'p99':>8} {'max':>8}")
         for hop, p in r["latency_ns"].items():
             lines.append(f"  {hop:<28} {p['count']:>7} {us(p.get('p50')):>8} {us(p.get('p90')):>8} "
                          f"{us(p.get('p99')):>8} {us(p.get('max')):>8}")
@@ -928,27 +1177,47 @@ class Demo:
         lines.append(f"FIX gateway: {f['clients_served']} clients served, {f['messages_sent']} messages sent "
                      f"({f['snapshots_sent']} 35=W, {f['incrementals_sent']} 35=X)")
         for n, c in f["clients"].items():
-            lines.append(f"  {n}: {c['messages']} messages, {c['gaps']} gaps, book "
+            lines.append(f"  {n}: {c['messages']} messages in {c['sessions']} session(s), {c['gaps']} gaps, "
+                         f"book "
                          f"{'= the gateway' if c['book_matches_gateway'] else 'DIFFERS'}")
         lines.append(f"digests at sequence {r['final_seq']}:")
         for n, d in r["digests"].items():
             lines.append(f"  refdata   {n:<20} {d}")
         for n, d in r["orderbook_digests"].items():
             lines.append(f"  orderbook {n:<20} {d}")
-        lines.append("faults: none (no --chaos)" if not r["faults"] else f"faults: {r['faults']}")
+        if not r["faults"]:
+            lines.append("faults: none" + ("" if r["chaos"] else " (no --chaos)"))
+        else:
+            lines.append(f"faults ({len(r['faults'])}, SIGKILL then restart):")
+        for f in r["faults"]:
+            rec = "NOT RECOVERED" if f["recovered_after_s"] is None else \
+                f"live again after {f['recovered_after_s']:.2f} s at sequence {f['live_at_seq']}, from the snapshot " \
+                f"at {f['restarted_from_snapshot_seq']}"
+            lines.append(f"  {f['process']:<18} killed at {f['killed_at_s']:6.2f} s: {rec}")
         lines.append("OK: every replica holds the same state at the same sequence" if r["ok"] else
                      "FAILED:\n  " + "\n  ".join(r["problems"]))
         return "\n".join(lines)
 
     # ---- the end, always -----------------------------------------------------------------------
 
+    def _discard_results(self) -> None:
+        try:
+            while True:
+                self.results.get_nowait()
+        except Exception:  # queue.Empty, or a queue already closed
+            pass
+
     def cleanup(self) -> None:
         from .ring import Ring
         self.ev["abort"].set()
         self.ev["stop_seq"].set()
         end = time.monotonic() + 10
+        for p in self.dead:
+            p.join(1)
         for p in self.procs.values():
-            p.join(max(0.1, end - time.monotonic()))
+            while p.is_alive() and time.monotonic() < end:
+                self._discard_results()  # a child blocks on exit until what it queued is read
+                p.join(0.05)
         for p in self.procs.values():
             if p.is_alive():
                 p.terminate()
@@ -1016,6 +1285,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--rate", type=_positive(float, "a number > 0"), default=300.0,
                    help="orders per second from the retail OMS (default 300; the institutional OMS sends a quarter)")
     p.add_argument("--seed", type=int, default=1, help="seed of every random choice (default 1)")
+    p.add_argument("--chaos", action="store_true", help="SIGKILL the retail OMS, the router, the institutional OMS "
+                                                        "and the gateway at random (seeded) moments; each restarts, "
+                                                        "recovers from its snapshot and the journal, goes live")
     p.set_defaults(run=_run_demo, parser=p)
 
 
