@@ -113,7 +113,9 @@ def _start(text: str) -> Start:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="pyseq", description="Run a pyseq sequencer, look at its rings, read its journal.",
+        prog="pyseq",
+        description="Run the demo (pyseq demo), a sequencer, a FIX market-data gateway; look at rings; read, "
+                    "verify and replay journals; check schemas and state machine implementations.",
         epilog="exit codes: 0 ok, 1 runtime failure, 2 usage error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
