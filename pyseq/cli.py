@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from . import errors, schema
 from . import conformance
@@ -55,13 +55,15 @@ def _ring_name(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _number(kind: Callable[[str], Any], minimum: float, what: str) -> Callable[[str], Any]:
+def _number(kind: Callable[[str], Any], minimum: float, what: str,
+            exclusive: bool = False) -> Callable[[str], Any]:
+    """An argparse type: ``kind(text)`` at least ``minimum`` (above it if ``exclusive``)."""
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
-        if value < minimum:
+        if value < minimum or (exclusive and value == minimum):
             raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
         return value
     parse.__name__ = what  # argparse names the type in its messages
@@ -72,6 +74,10 @@ _count = _number(int, 1, "an integer >= 1")
 _sequence = _number(int, 1, "a sequence >= 1")
 _rate_arg = _number(float, 0, "a number >= 0")
 _seconds = _number(float, 0, "a number of seconds >= 0")
+
+
+def _positive(kind: Callable[[str], Any], what: str) -> Callable[[str], Any]:
+    return _number(kind, 0, what, exclusive=True)
 
 
 def _fsync(text: str) -> str:

@@ -599,7 +599,7 @@ def _fix_client(label: str, results: Any, idle: str, port_value: Any, heartbeat:
     session, MsgSeqNum from 1, a fresh book from the 35=W snapshots."""
     from . import fix
     try:
-        import simplefix  # type: ignore[import-untyped]
+        import simplefix  # type: ignore[import-untyped, import-not-found]
     except ImportError:
         simplefix = None
 
@@ -1243,19 +1243,6 @@ class Demo:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _positive(kind: Any, what: str) -> Any:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            value = 0
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
-        return value
-    parse.__name__ = what
-    return parse
-
-
 def _ring_name(text: str) -> str:
     from . import errors
     from .sequencer import validate_sequenced_name
@@ -1267,6 +1254,8 @@ def _ring_name(text: str) -> str:
 
 def add_parser(sub: Any) -> None:
     """Add ``pyseq demo`` to the ``pyseq`` command's subparsers."""
+    from .cli import _positive  # the command's own argument type (cli imports this module first)
+
     p = sub.add_parser("demo", help="run the whole trading environment on this machine, then report",
                        description="Start a sequencer with its journal, an admin client changing reference data, a "
                                    "retail OMS, a smart order router, an institutional OMS that joins late from a "

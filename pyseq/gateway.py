@@ -45,7 +45,7 @@ from . import errors, fix
 from .journal import Journal
 from .orders import BUY, SELL, LevelChange, OrderBook, price_text
 from .replica import Replica
-from .ring import Ring, validate_name
+from .ring import Ring
 
 log = logging.getLogger("pyseq.gateway")
 
@@ -573,28 +573,10 @@ def _port(text: str) -> int:
     return value
 
 
-def _ring_name(text: str) -> str:
-    try:
-        return validate_name(text)
-    except errors.RingNameError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _positive(kind: Any, what: str) -> Any:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            value = 0
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
-        return value
-    parse.__name__ = what
-    return parse
-
-
 def add_parser(sub: Any) -> None:
     """Add ``pyseq gateway`` to the ``pyseq`` command's subparsers."""
+    from .cli import _positive, _ring_name  # the command's own argument types (cli imports this module first)
+
     p = sub.add_parser("gateway", help="serve the order book of a sequenced ring as FIX 4.4 market data",
                        description="Read the sequenced ring RING (a non-gating reader: it never holds the sequencer "
                                    "back; from --journal when the ring has moved on) and serve its order book to "
