@@ -62,6 +62,7 @@ import json
 import logging
 import math
 import multiprocessing as mp
+import multiprocessing.resource_tracker as resource_tracker
 import os
 import queue
 import random
@@ -120,6 +121,7 @@ def _child_setup(idle: str, parent: int) -> None:
     (which stops everything in order), and death with the parent if the parent dies."""
     os.environ["PYSEQ_IDLE"] = idle
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the parent around start()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
 
@@ -829,7 +831,15 @@ class Demo:
     def start(self, label: str, fn: Callable[..., Any], *args: Any) -> None:
         p = SPAWN.Process(target=_child, args=(fn, label, self.results, self.idle.get(label, "backoff"),
                                                os.getpid(), *args), name=label, daemon=True)
-        p.start()
+        # the child starts with SIGINT blocked (the mask survives fork and exec) and ignores it before
+        # unblocking: a Ctrl-C during its start-up is the parent's alone, which stops everything in order.
+        # (The resource tracker is started first: starting it unblocks SIGINT, bpo-33613.)
+        resource_tracker.ensure_running()
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            p.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
         self.procs[label] = p
         self.recipes[label] = (fn, args)
         self.incarnation.setdefault(label, 0)
