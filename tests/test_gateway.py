@@ -511,6 +511,9 @@ def test_a_market_data_request_gets_snapshots_and_narrows_the_stream_to_its_symb
             [(279, "2"), (269, "1"), (55, "MSFT"), (270, "410.5")]
         assert not [m for m in c.received if m.msg_type == "X"]  # nothing about AAPL
         c.send(fix.market_data_request("req-2", subscription=fix.UNSUBSCRIBE))
+        # (taken before the next order is sequenced: under load the gateway could otherwise apply the
+        # order before it reads the request)
+        step_until(gw, lambda: not any(s.subscribed for s in gw._sessions.values()), "the unsubscribe")
         oms.submit(NewOrder(order_id=4, symbol="MSFT", side=SELL, price=411.0, qty=1))
         step_until(gw, lambda: gw.book.open_orders == 3, "the gateway to apply the last order")
         for _ in range(20):
