@@ -260,7 +260,7 @@ class Sequencer:
         self._ignored: set[str] = set()
         self._stop = False
         self._last_scan = 0.0
-        self._rescan, self._shm_mtime, self._last_listing = True, 0, 0
+        self._rescan, self._shm_mtime, self._last_listing, self._scans = True, 0, 0, 0
         self.closed = False
 
     # ---- the loop ------------------------------------------------------------------------------
@@ -367,6 +367,8 @@ class Sequencer:
             for name in inbound_clients(self.name):
                 if name not in self.clients and name not in self._ignored:
                     self._join(name)
+        self._scans += 1
+        probe = self._scans % 4 == 0  # a client's liveness (two flock calls) every 4th scan: ~200 ms
         for client in list(self.clients.values()):
             entry = self._entries + client.index
             if entry.refused > client.refused_logged:
@@ -378,7 +380,9 @@ class Sequencer:
                 log.error("sequencer %r: client %r's inbound ring returned status %d; dropping it",
                           self.name, client.name, int(entry.status))
                 self._leave(client)
-            elif client.ring.writer_gone and lib.pyseq_inbound_pending(entry) == 0:
+            elif lib.pyseq_inbound_pending(entry) == 0 and (
+                    int(client.ring._mapping().header.writer_state) == lib.PYSEQ_WRITER_CLOSED  # closed: at once
+                    or (probe and client.ring.writer_gone)):  # its process ended
                 self._leave(client)
 
     def _shm_changed(self) -> bool:
