@@ -9,7 +9,8 @@ from .errors import (BackPressureError, ClientNameInUseError, EndOfStreamError, 
                      ReaderEvictedError, ReaderTableFullError, RingClosedError, RingConfigError,
                      RingExistsError, RingFormatError, RingNameError, RingNotFoundError, RingNotReadyError,
                      RingPermissionError, SchemaCompatibilityError, SchemaError, SequencerNotRunningError,
-                     SequencerStoppedError, TimeoutError, WriterStalledError)
+                     SequencerStoppedError, TimeoutError, WriterStalledError, NatsError, NatsConfigError, BridgeError,
+                     RemoteError)
 from .idle import BackoffIdle, BusySpin, IdleStrategy, SpinYield, default_idle
 from .message import FRAME_LENGTH, Message, batch_dtype, batch_payloads
 from .ring import Reader, Ring
@@ -20,6 +21,8 @@ from .journaler import FsyncPolicy, Journaler
 from .statemachine import StateMachine
 from .admin import ActivateSchema, ReplicaDigest, TakeSnapshot
 from .replica import DigestMonitor, Replica
+from .bridge import Bridge
+from .remote import RemoteReader
 from . import schema
 from .schema import Record, check_compatible
 
@@ -38,4 +41,5 @@ __all__ = [
     "StateMachine", "Replica", "DigestMonitor", "TakeSnapshot", "ActivateSchema", "ReplicaDigest",
     "ReplicaError", "SnapshotError", "DivergenceError",
     "JournalError", "JournalNotFoundError", "JournalLockedError", "JournalCorruptError",
+    "Bridge", "RemoteReader", "NatsError", "NatsConfigError", "BridgeError", "RemoteError",
 ]

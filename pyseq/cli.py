@@ -20,6 +20,7 @@ import time
 from typing import Any, Callable, Optional, Sequence
 
 from . import errors, schema
+from . import bridge
 from . import conformance
 from . import demo
 from . import gateway
@@ -167,7 +168,9 @@ def _parser() -> argparse.ArgumentParser:
                        description="Print one line a message: sequence, time, type, source, payload. Ends at "
                                    "END_OF_STREAM, after --count messages or --timeout seconds with nothing new; "
                                    "else follows until Ctrl-C.")
-    p.add_argument("ring", metavar="RING", type=_ring_name)
+    p.add_argument("ring", metavar="RING", type=_ring_name, nargs="?", help="the ring (or --nats and --stream)")
+    p.add_argument("--nats", metavar="URL", help="read the JetStream stream --stream a bridge fills, from any host")
+    p.add_argument("--stream", help="the JetStream stream (with --nats)")
     p.add_argument("--from", dest="start", type=_start, default="earliest", metavar="earliest|latest|SEQ",
                    help="where to start (default earliest)")
     p.add_argument("--count", type=_count, help="stop after N messages")
@@ -236,6 +239,7 @@ def _parser() -> argparse.ArgumentParser:
     gateway.add_parser(sub)
     conformance.add_parser(sub)
     schema_cli.add_parser(sub)
+    bridge.add_parser(sub)
     return parser
 
 
@@ -520,31 +524,41 @@ def _import_schemas(modules: list[str]) -> None:
 
 
 def _run_tail(args: argparse.Namespace) -> int:
+    if (args.ring is None) == (args.nats is None) or (args.nats is None) != (args.stream is None):
+        raise UsageError("give a RING, or --nats URL and --stream STREAM")
     _import_schemas(args.schema)
-    sources = {source_id(c): c for c in client_names(args.ring)}
-    shown = 0
+    if args.nats is not None:
+        from .remote import RemoteReader
+        with RemoteReader(args.nats, args.stream, start=args.start) as remote:
+            return _tail(args, remote, {})
     with Ring.attach(args.ring) as ring, ring.reader(TAIL_CURSOR, start=args.start, idle=BackoffIdle()) as reader:
-        ended = False
-        while args.count is None or shown < args.count:
-            try:
-                msg = reader.poll()
-                if msg is None:
-                    if ended:  # END_OF_STREAM was the last word (a replayed stream may go on after one)
-                        break
-                    sys.stdout.flush()
-                    msg = reader.read(timeout=args.timeout)
-            except errors.LappedError as e:
-                print(f"lapped: {e.missed} messages missed (sequences {e.first_missed}..{e.resume_at - 1}); "
-                      f"continuing at {e.resume_at}")
-                reader.skip_to(e.resume_at)
-                continue
-            except (errors.TimeoutError, errors.EndOfStreamError):
-                break
-            if msg.msg_type in (CLIENT_JOINED, CLIENT_LEFT):
-                sources[msg.source] = msg.payload.decode(errors="replace")
-            print(format_message(msg, sources, args.raw))
-            shown += 1
-            ended = msg.msg_type == END_OF_STREAM
+        return _tail(args, reader, {source_id(c): c for c in client_names(args.ring)})
+
+
+def _tail(args: argparse.Namespace, reader: Any, sources: dict[int, str]) -> int:
+    """Print what ``reader`` (a ring's or a RemoteReader) reads, as `tail` does."""
+    shown = 0
+    ended = False
+    while args.count is None or shown < args.count:
+        try:
+            msg = reader.poll()
+            if msg is None:
+                if ended:  # END_OF_STREAM was the last word (a replayed stream may go on after one)
+                    break
+                sys.stdout.flush()
+                msg = reader.read(timeout=args.timeout)
+        except errors.LappedError as e:
+            print(f"lapped: {e.missed} messages missed (sequences {e.first_missed}..{e.resume_at - 1}); "
+                  f"continuing at {e.resume_at}")
+            reader.skip_to(e.resume_at)
+            continue
+        except (errors.TimeoutError, errors.EndOfStreamError):
+            break
+        if msg.msg_type in (CLIENT_JOINED, CLIENT_LEFT):
+            sources[msg.source] = msg.payload.decode(errors="replace")
+        print(format_message(msg, sources, args.raw))
+        shown += 1
+        ended = msg.msg_type == END_OF_STREAM
     sys.stdout.flush()
     return EXIT_OK
 

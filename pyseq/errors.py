@@ -159,3 +159,23 @@ class ReplicaError(PyseqError):
 
 class DivergenceError(PyseqError):
     """Two replicas of the same state machine reported different digests at the same sequence."""
+
+
+class NatsError(PyseqError):
+    """Talking to NATS JetStream failed: no server reachable within the timeout, a request refused,
+    or a stream that is missing or not a pyseq stream (``pip install "pyseq[nats]"`` brings the client)."""
+
+
+class NatsConfigError(NatsError, ValueError):
+    """A NATS URL, stream name or subject that cannot be right (checked before connecting)."""
+
+
+class BridgeError(NatsError):
+    """The bridge cannot go on without losing or reordering a message: a gap neither the journal nor
+    the ring can fill, a stream holding another pyseq stream, or a stream sequence that is not the
+    pyseq sequence."""
+
+
+class RemoteError(NatsError):
+    """A remote reader cannot go on: the stream is gone, starts after the sequence asked for, or holds
+    a message that is not a pyseq message at the sequence expected."""

@@ -45,12 +45,19 @@ class Replica:
     def __init__(self, machine: StateMachine, *, ring: Optional[str] = None, journal: Optional[str] = None,
                  snapshots: Optional[str] = None, name: Optional[str] = None,
                  snapshot_from: Optional[str] = None, digest_client: Any = None, gating: bool = False,
-                 durable: bool = False, idle: Optional[IdleStrategy] = None) -> None:
+                 durable: bool = False, idle: Optional[IdleStrategy] = None, nats: Optional[str] = None,
+                 stream: Optional[str] = None) -> None:
         """``snapshots``: the directory this replica writes its snapshots to and, unless
         ``snapshot_from`` names another directory (or file), starts from.  ``gating``: hold the ring's
-        writer back rather than fall behind it; ``durable``: apply only what the journal holds."""
-        if ring is None and journal is None:
-            raise ValueError("a replica needs a ring, a journal, or both")
+        writer back rather than fall behind it; ``durable``: apply only what the journal holds.
+        ``nats`` and ``stream``: on another host, read the JetStream stream a :class:`pyseq.Bridge`
+        fills instead of a ring and a journal (after the snapshot, if any)."""
+        if (nats is None) != (stream is None):
+            raise ValueError("a remote replica needs both nats= (a URL) and stream=")
+        if nats is not None and (ring is not None or journal is not None):
+            raise ValueError("a replica reads a ring and a journal, or a NATS stream, not both")
+        if ring is None and journal is None and nats is None:
+            raise ValueError("a replica needs a ring, a journal, or both (or a NATS stream)")
         self.machine = machine
         self.ring_name = ring
         self.journal_path = journal
@@ -71,6 +78,8 @@ class Replica:
         self._ring: Optional[Ring] = None
         self._reader: Optional[Reader] = None
         self._bootstrapped = False
+        self.nats_url, self.stream = nats, stream
+        self._remote: Any = None  # a pyseq.RemoteReader
 
     # ---- state ---------------------------------------------------------------------------------
 
@@ -104,6 +113,11 @@ class Replica:
         the last sequence applied; :class:`pyseq.TimeoutError` if not caught up in ``timeout`` s."""
         deadline = None if timeout is None else time.monotonic() + timeout
         self._bootstrap()
+        if self.nats_url is not None:
+            if self._follow_remote(deadline, until_caught_up=True) != "caught-up":
+                raise errors.TimeoutError(f"replica {self.name!r}: not caught up with stream {self.stream!r} within "
+                                          f"{timeout} s (applied {self.last_applied})")
+            return self.last_applied
         while True:
             if self.journal_path is not None and self._reader is None:  # a live reader is already merged
                 self._replay_journal()
@@ -122,6 +136,9 @@ class Replica:
         or the stream ends); returns the last sequence applied."""
         deadline = None if duration is None else time.monotonic() + duration
         self._bootstrap()
+        if self.nats_url is not None:
+            self._follow_remote(deadline, until_caught_up=False, until_sequence=until_sequence)
+            return self.last_applied
         while True:
             if until_sequence is not None and self.last_applied >= until_sequence:
                 return self.last_applied
@@ -146,6 +163,9 @@ class Replica:
 
     def close(self) -> None:
         self._close_ring()
+        if self._remote is not None:
+            self._remote.close()
+            self._remote = None
 
     def __enter__(self) -> "Replica":
         return self
@@ -286,6 +306,31 @@ class Replica:
             self._apply(msg)
             if until_sequence is not None and self.last_applied >= until_sequence:
                 return "caught-up"
+
+    def _follow_remote(self, deadline: Optional[float], until_caught_up: bool,
+                       until_sequence: Optional[int] = None) -> str:
+        """Apply from the JetStream stream: "caught-up" (the stream's last sequence, asked after the
+        last apply, is applied; or ``until_sequence`` is) or "deadline"."""
+        from .remote import RemoteReader
+
+        if self._remote is None or self._remote.next_sequence != self.last_applied + 1:
+            if self._remote is not None:
+                self._remote.close()
+            self._remote = RemoteReader(self.nats_url, self.stream, start=self.last_applied + 1)  # type: ignore[arg-type]
+        remote = self._remote
+        target = remote.last_sequence() if until_caught_up else None
+        while True:
+            if until_sequence is not None and self.last_applied >= until_sequence:
+                return "caught-up"
+            if target is not None and self.last_applied >= target:
+                target = remote.last_sequence()
+                if self.last_applied >= target:
+                    return "caught-up"
+            wait = 0.05 if deadline is None else min(0.05, deadline - time.monotonic())
+            if wait <= 0:
+                return "deadline"
+            for msg in remote.read_messages(1024, timeout=wait):
+                self._apply(msg)
 
     # ---- applying ------------------------------------------------------------------------------
 
