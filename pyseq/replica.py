@@ -72,7 +72,7 @@ class Replica:
         self.last_timestamp_ns = 0
         self.started_from: Optional[int] = None  # the sequence of the snapshot it started from (None: none)
         self.snapshots_written: list[str] = []
-        self.ended = False  # END_OF_STREAM applied (the sequencer stopped; a restart continues the stream)
+        self.ended = False  # the last message applied is END_OF_STREAM (the sequencer stopped; a restart continues)
         self.applied = 0
         self._pending: list[tuple[int, int, int]] = []  # (at_sequence, message_type, schema_version)
         self._ring: Optional[Ring] = None
@@ -92,7 +92,12 @@ class Replica:
 
     @property
     def lag(self) -> int:
-        """Messages the ring has published that this replica has not applied (0 without a ring)."""
+        """Messages the ring (or the NATS stream) holds that this replica has not applied (0 without
+        either)."""
+        if self.nats_url is not None:
+            if self._remote is None:
+                return 0
+            return max(0, self._remote.last_sequence() - self.last_applied)
         ring = self._attach()
         if ring is None:
             return 0
@@ -331,6 +336,8 @@ class Replica:
                 return "deadline"
             for msg in remote.read_messages(1024, timeout=wait):
                 self._apply(msg)
+            if self.ended and until_sequence is None and deadline is None:
+                return "ended"  # the sequencer's END_OF_STREAM: nothing more will come
 
     # ---- applying ------------------------------------------------------------------------------
 
@@ -361,10 +368,9 @@ class Replica:
         self.last_applied = msg.seq
         self.last_timestamp_ns = msg.timestamp_ns
         self.applied += 1
+        self.ended = msg.msg_type == END_OF_STREAM
         if msg.msg_type == TAKE_SNAPSHOT:
             self._take_snapshot()
-        elif msg.msg_type == END_OF_STREAM:
-            self.ended = True
 
     def _take_snapshot(self) -> None:
         if self.snapshots is not None:

@@ -384,6 +384,38 @@ def test_a_remote_replica_reaches_the_digest_of_a_local_one_at_the_same_sequence
     assert (tmp_path / "snap-local" / snap).read_bytes() == (tmp_path / "snap-remote" / snap).read_bytes()
 
 
+def test_a_remote_replica_reports_its_lag_and_follow_returns_at_the_end_of_the_stream(
+        nats_server: NatsServer, ring_name: str, tmp_path: Path) -> None:
+    journal = str(tmp_path / "journal")
+    with bridge_thread(ring_name, journal, nats_server.url, "ENDS") as bridge:
+        with sequencer(ring_name, journal) as seq:
+            admin = pyseq.Client.connect(ring_name, "admin", timeout=10)
+            for i in range(20):
+                admin.submit(AddInstrument(symbol=f"S{i}", tick_size=0.01, lot_size=1))
+            admin.wait_sequenced()
+            wait_until(lambda: bridge.acked >= seq.ring.published_sequence, "the bridge")
+            remote = pyseq.Replica(ReferenceData(), nats=nats_server.url, stream="ENDS")
+            try:
+                assert remote.run_until_caught_up(timeout=30) == seq.ring.published_sequence
+                assert remote.lag == 0
+                for i in range(20, 50):
+                    admin.submit(AddInstrument(symbol=f"S{i}", tick_size=0.01, lot_size=1))
+                admin.wait_sequenced()
+                last = seq.ring.published_sequence
+                wait_until(lambda: bridge.acked >= last, "the bridge")
+                assert remote.lag == last - remote.last_applied == 30
+                admin.close()
+            except BaseException:
+                remote.close()
+                raise
+        # the sequencer stopped: its END_OF_STREAM reaches the stream, and follow() returns there
+        try:
+            remote.follow()  # no duration, no sequence: it returns at END_OF_STREAM (pytest-timeout guards it)
+            assert remote.ended and remote.lag == 0 and len(remote.state) == 50
+        finally:
+            remote.close()
+
+
 # ---- a 3-node cluster ----------------------------------------------------------------------------
 
 def test_in_a_3_node_cluster_the_bridge_and_a_reader_go_on_when_the_stream_leader_is_killed(
