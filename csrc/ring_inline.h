@@ -7,6 +7,7 @@
 
 #include <sched.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <time.h>
 
 #include "atomics.h"
@@ -26,6 +27,22 @@ typedef struct idle_state_s {
     int64_t park_ns;
 } idle_state_t;
 
+/* Sleep `park_ns`.  Linux lets a sleep end up to the thread's timer slack late (50 us by default):
+ * a 1 us park measured 59 us p50 on the project's machine, 7 us with the slack at 1 us.  So the
+ * park lowers the calling thread's slack to 1/16 of the park (at least 1 ns) for the sleep and puts
+ * the thread's own slack back after it: two prctl calls (~0.2 us each) per park, nothing changed
+ * for the caller. */
+static inline void idle_park(int64_t park_ns)
+{
+    struct timespec ts = {park_ns / 1000000000LL, park_ns % 1000000000LL};
+    int own = prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0);
+    unsigned long slack = park_ns >= 16 ? (unsigned long)(park_ns / 16) : 1UL;
+    int lowered = own > 0 && (unsigned long)own > slack && prctl(PR_SET_TIMERSLACK, slack, 0, 0, 0) == 0;
+    nanosleep(&ts, NULL);
+    if (lowered)
+        prctl(PR_SET_TIMERSLACK, (unsigned long)own, 0, 0, 0);
+}
+
 static inline void idle_step(const pyseq_idle_t *idle, idle_state_t *st)
 {
     uint64_t i = st->iterations++;
@@ -34,8 +51,7 @@ static inline void idle_step(const pyseq_idle_t *idle, idle_state_t *st)
     } else if (idle->kind == PYSEQ_IDLE_SPIN_YIELD || i < (uint64_t)idle->spins + idle->yields) {
         sched_yield();
     } else {
-        struct timespec ts = {st->park_ns / 1000000000LL, st->park_ns % 1000000000LL};
-        nanosleep(&ts, NULL);
+        idle_park(st->park_ns);
         st->park_ns = st->park_ns * 2 > idle->max_park_ns ? idle->max_park_ns : st->park_ns * 2;
     }
 }

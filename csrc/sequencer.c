@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "atomics.h"
+#include "ring_inline.h"
 
 #define REFILL_CAP_NS 1000000000LL /* never credit more than one second at once (no overflow) */
 
@@ -139,8 +140,7 @@ int64_t pyseq_sequencer_run(pyseq_sequencer_t *seq, int64_t duration_ns, const p
             } else if (idle->kind == PYSEQ_IDLE_SPIN_YIELD || q < (uint64_t)idle->spins + idle->yields) {
                 sched_yield();
             } else {
-                struct timespec ts = {park_ns / 1000000000LL, park_ns % 1000000000LL};
-                nanosleep(&ts, NULL);
+                idle_park(park_ns);
                 park_ns = park_ns * 2 > idle->max_park_ns ? idle->max_park_ns : park_ns * 2;
             }
         }
