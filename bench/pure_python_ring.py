@@ -86,6 +86,21 @@ SLOT_PAYLOAD_OFFSET = 16
 
 _LENGTH_TYPE = struct.Struct("=ii")  # native, no padding: length, msg_type
 _SPINS_PER_CLOCK_CHECK = 1024
+IDLES = ("busy-spin", "spin-yield", "backoff")  # pyseq's names, and pyseq's default shapes
+
+
+def _idle(idle: str, spins: int) -> None:
+    """One empty check of a wait has been made (spins: how many so far); pyseq.idle's shapes:
+    spin-yield spins 1,000 checks, then sched_yields between checks; backoff spins 100, yields
+    10 times, then sleeps from 1 us doubling to 1 ms (the sleep is the latency it adds).  A
+    busy-spin wait never calls this."""
+    if idle == "spin-yield":
+        if spins > 1000:
+            os.sched_yield()
+    elif spins > 110:
+        time.sleep(min(1e-6 * (1 << min(spins - 110, 10)), 0.001))
+    elif spins > 100:
+        os.sched_yield()
 
 
 class RingTimeout(TimeoutError):
@@ -101,10 +116,13 @@ def _path(name: str) -> str:
 class PyRing:
     """One mapping of a ring file.  create() gives the writer, attach() a reader."""
 
-    __slots__ = ("name", "_mm", "_q", "capacity", "slot_size", "max_payload_length")
+    __slots__ = ("name", "_mm", "_q", "capacity", "slot_size", "max_payload_length", "idle")
 
-    def __init__(self, name: str, fd: int, size: int):
+    def __init__(self, name: str, fd: int, size: int, idle: str = "busy-spin"):
+        if idle not in IDLES:
+            raise ValueError(f"idle must be one of {IDLES}, not {idle!r}")
         self.name = name
+        self.idle = idle
         self._mm = mmap.mmap(fd, size)  # MAP_SHARED, read/write
         os.close(fd)
         self._q = memoryview(self._mm).cast("q")  # 8-byte words
@@ -115,7 +133,8 @@ class PyRing:
     # -- lifetime -------------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, name: str, capacity: int = 4096, slot_size: int = 128) -> "PyWriter":
+    def create(cls, name: str, capacity: int = 4096, slot_size: int = 128,
+               idle: str = "busy-spin") -> "PyWriter":
         if capacity <= 0 or capacity & (capacity - 1):
             raise ValueError("capacity must be a power of two")
         if slot_size < 24 or slot_size % 8:
@@ -136,10 +155,10 @@ class PyRing:
         q[HEADER_READY_OFFSET >> 3] = 1  # last
         q.release()
         mm.close()
-        return PyWriter(name, os.open(_path(name), os.O_RDWR), size)
+        return PyWriter(name, os.open(_path(name), os.O_RDWR), size, idle)
 
     @classmethod
-    def attach(cls, name: str, timeout: float = 5.0) -> "PyReader":
+    def attach(cls, name: str, timeout: float = 5.0, idle: str = "busy-spin") -> "PyReader":
         """Wait up to `timeout` seconds for the ring to exist and be ready, then map it."""
         deadline = time.monotonic() + timeout
         while True:
@@ -153,7 +172,7 @@ class PyRing:
                     with mmap.mmap(fd, SLOTS_OFFSET) as mm:
                         magic, _, _, ready = struct.unpack_from("=qqqq", mm, 0)
                     if magic == MAGIC and ready == 1:
-                        return PyReader(name, fd, size)
+                        return PyReader(name, fd, size, idle)
                 os.close(fd)
             if time.monotonic() > deadline:
                 raise RingTimeout(f"ring {name!r} not ready after {timeout} s")
@@ -186,8 +205,8 @@ class PyRing:
 class PyWriter(PyRing):
     __slots__ = ("_sequence", "_gating_cache", "_mask")
 
-    def __init__(self, name: str, fd: int, size: int):
-        super().__init__(name, fd, size)
+    def __init__(self, name: str, fd: int, size: int, idle: str = "busy-spin"):
+        super().__init__(name, fd, size, idle)
         self._sequence = 1  # next sequence to publish
         self._gating_cache = 1  # writer-local copy of reader_position
         self._mask = self.capacity - 1
@@ -214,13 +233,16 @@ class PyWriter(PyRing):
         capacity = self.capacity
         deadline = time.monotonic() + timeout
         spins = 0
+        idle = None if self.idle == "busy-spin" else self.idle
         while True:
             position = q[word]
             if sequence - position < capacity:
                 self._gating_cache = position
                 return
             spins += 1
-            if spins % _SPINS_PER_CLOCK_CHECK == 0 and time.monotonic() > deadline:
+            if idle:
+                _idle(idle, spins)
+            if (idle or spins % _SPINS_PER_CLOCK_CHECK == 0) and time.monotonic() > deadline:
                 raise RingTimeout(
                     f"ring {self.name!r}: reader stuck at {position}, writer at {sequence}"
                 )
@@ -229,8 +251,8 @@ class PyWriter(PyRing):
 class PyReader(PyRing):
     __slots__ = ("_sequence", "_mask")
 
-    def __init__(self, name: str, fd: int, size: int):
-        super().__init__(name, fd, size)
+    def __init__(self, name: str, fd: int, size: int, idle: str = "busy-spin"):
+        super().__init__(name, fd, size, idle)
         self._sequence = 1  # next sequence to read
         self._mask = self.capacity - 1
 
@@ -254,9 +276,12 @@ class PyReader(PyRing):
         q = self._q
         deadline = time.monotonic() + timeout
         spins = 0
+        idle = None if self.idle == "busy-spin" else self.idle
         while q[word] != sequence:
             spins += 1
-            if spins % _SPINS_PER_CLOCK_CHECK == 0 and time.monotonic() > deadline:
+            if idle:
+                _idle(idle, spins)
+            if (idle or spins % _SPINS_PER_CLOCK_CHECK == 0) and time.monotonic() > deadline:
                 raise RingTimeout(
                     f"ring {self.name!r}: no message {sequence} after {timeout} s "
                     f"(slot holds {q[word]})"

@@ -1,8 +1,8 @@
 """What the benches through pyseq.Sequencer share: the sequencer process, the check of a
 sequenced stream, the message format, and the removal of a sequencer's rings.
 
-Used by client_sequencer_reader_latency.py, flooding_client_latency.py and
-sequencer_throughput.py.  Messages are throughput.py's: 64 bytes, a little-endian counter
+Used by client_sequencer_reader_latency.py, flooding_client_latency.py, run.py (transports.py) and
+sequencer_throughput.py.  Messages are transports.py's: 64 bytes, a little-endian counter
 (per client, from 0) and then PATTERN, message type MSG_TYPE.  Every wait here has a timeout;
 the benches start and kill the processes with harness.run_peers and remove the rings with
 harness.unlink_ring_family in a finally.
@@ -20,7 +20,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402  (before numpy: it sets OPENBLAS_NUM_THREADS)
 import numpy as np  # noqa: E402
 from harness import BenchFailed, Unavailable  # noqa: E402
-from throughput import MESSAGE_LENGTH, MSG_TYPE, PATTERN, batch_records, message  # noqa: E402,F401
+import transports  # noqa: E402
+from transports import MESSAGE_LENGTH, MSG_TYPE, PATTERN, batch_records, message  # noqa: E402,F401
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYSTEM_FIRST = 0xFF00  # pyseq.SYSTEM_FIRST; system messages (CLIENT_JOINED, ...) are sequenced too
@@ -32,12 +33,7 @@ STATS_EVERY_S = 0.2
 
 
 def import_pyseq():
-    try:
-        if REPO_ROOT not in sys.path:
-            sys.path.append(REPO_ROOT)  # an installed pyseq wins; else the in-tree build
-        import pyseq
-    except ImportError as exc:
-        raise Unavailable(f"pyseq is not importable ({exc})") from None
+    pyseq = transports.import_pyseq()
     if not hasattr(pyseq, "Sequencer"):
         raise Unavailable(f"pyseq at {getattr(pyseq, '__path__', '?')} has no Sequencer yet")
     if (pyseq.SYSTEM_FIRST, pyseq.END_OF_STREAM) != (SYSTEM_FIRST, END_OF_STREAM):
@@ -46,9 +42,10 @@ def import_pyseq():
 
 
 def idle(name: str):
-    """busy-spin | spin-yield (back-off is not used by these benches: its sleeps are the latency)."""
+    """busy-spin | spin-yield | backoff (run.py --smoke: its sleeps are the latency, so the
+    sequencer benches themselves do not use it)."""
     pyseq = import_pyseq()
-    return {"busy-spin": pyseq.BusySpin, "spin-yield": pyseq.SpinYield}[name]()
+    return {"busy-spin": pyseq.BusySpin, "spin-yield": pyseq.SpinYield, "backoff": pyseq.BackoffIdle}[name]()
 
 
 class Flag:
