@@ -552,8 +552,10 @@ def variants(cfg, figure):
             idles = [cfg.idle or "spin-yield"]
         elif cfg.idle:
             idles = [cfg.idle]
-        elif figure in ("latency", "open") and key in ("pyring", "pyseq"):
-            idles = ["busy-spin", "backoff"]  # both idle strategies shown
+        elif figure in ("latency", "open") and key == "pyseq":
+            idles = ["busy-spin", "backoff", "blocking"]  # every idle strategy shown
+        elif figure in ("latency", "open") and key == "pyring":
+            idles = ["busy-spin", "backoff"]  # both of its idle strategies shown
         else:
             idles = ["busy-spin"]
         out += [Variant(cls, idle, cfg) for idle in idles]

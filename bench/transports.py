@@ -89,7 +89,8 @@ def import_pyseq():
 
 def pyseq_idle(name: str):
     pyseq = import_pyseq()
-    return {"busy-spin": pyseq.BusySpin, "spin-yield": pyseq.SpinYield, "backoff": pyseq.BackoffIdle}[name]()
+    return {"busy-spin": pyseq.BusySpin, "spin-yield": pyseq.SpinYield, "backoff": pyseq.BackoffIdle,
+            "blocking": pyseq.BlockingIdle}[name]()
 
 
 def _require(module: str, package: str) -> None:

@@ -56,6 +56,21 @@ static inline int pyseq_cas_u32(uint32_t *p, uint32_t expected, uint32_t desired
                                                    memory_order_acq_rel, memory_order_acquire);
 }
 
+static inline uint32_t pyseq_load_relaxed_u32(const uint32_t *p)
+{
+    return atomic_load_explicit(PYSEQ_A32(p), memory_order_relaxed);
+}
+
+static inline uint32_t pyseq_fetch_add_u32(uint32_t *p, uint32_t v) /* seq_cst: a full barrier */
+{
+    return atomic_fetch_add_explicit(PYSEQ_A32(p), v, memory_order_seq_cst);
+}
+
+static inline uint32_t pyseq_fetch_sub_u32(uint32_t *p, uint32_t v)
+{
+    return atomic_fetch_sub_explicit(PYSEQ_A32(p), v, memory_order_seq_cst);
+}
+
 static inline uint64_t pyseq_fetch_add_u64(uint64_t *p, uint64_t v)
 {
     return atomic_fetch_add_explicit(PYSEQ_AU64(p), v, memory_order_relaxed);

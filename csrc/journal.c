@@ -1,5 +1,6 @@
 /* journal.c - the journaler's copy loop and the scanner; see journal.h and journal_format.h. */
 #define _POSIX_C_SOURCE 200809L
+#define _DEFAULT_SOURCE /* syscall(2) for the futex */
 
 #include "journal.h"
 
@@ -15,8 +16,10 @@
 
 static void publish_durable(pyseq_journal_t *j)
 {
-    if (j->publish_to && pyseq_load_relaxed(&j->publish_to->journaled_sequence) != j->synced_sequence)
+    if (j->publish_to && pyseq_load_relaxed(&j->publish_to->journaled_sequence) != j->synced_sequence) {
         pyseq_store_release(&j->publish_to->journaled_sequence, j->synced_sequence);
+        wake_parked(j->publish_to, j->reader.ring.cursors, NULL); /* durable readers asleep on it */
+    }
 }
 
 static int64_t io_failed(pyseq_journal_t *j)

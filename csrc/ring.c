@@ -1,5 +1,6 @@
 /* ring.c - publish, poll, batch read, gating and idle strategies; see ring_layout.h for the protocol. */
 #define _POSIX_C_SOURCE 200809L
+#define _DEFAULT_SOURCE /* syscall(2) for the futex */
 
 #include "ring.h"
 
@@ -118,6 +119,7 @@ void pyseq_writer_init(pyseq_writer_t *writer, void *header, void *cursors, void
     writer->next_sequence = published >= first ? published + 1 : first;
     writer->watch_ns = 0;
     writer->watched_ns = 0;
+    writer->woke_nobody_at = 0;
     pyseq_writer_gating_scan(writer);
 }
 
@@ -179,6 +181,7 @@ int64_t pyseq_writer_try_publish_at(pyseq_writer_t *writer, uint16_t msg_type, u
     write_slot(r, s, msg_type, schema_version, source, timestamp_ns ? timestamp_ns : now, payload, length, origin);
     pyseq_store_release(&r->header->published_sequence, s); /* step 4 */
     pyseq_store_relaxed(&r->header->writer_heartbeat_ns, now);
+    wake_parked(r->header, r->cursors, &writer->woke_nobody_at);
     writer->next_sequence = s + 1;
     return s;
 }
@@ -218,6 +221,7 @@ int64_t pyseq_writer_try_publish_batch(pyseq_writer_t *writer, uint16_t msg_type
         write_slot(r, s + i, msg_type, schema_version, source, ts, src + (size_t)i * record_length, record_length, 0);
     pyseq_store_release(&r->header->published_sequence, s + n - 1);
     pyseq_store_relaxed(&r->header->writer_heartbeat_ns, now);
+    wake_parked(r->header, r->cursors, &writer->woke_nobody_at);
     writer->next_sequence = s + n;
     return n;
 }
@@ -297,6 +301,37 @@ int64_t pyseq_reader_poll(pyseq_reader_t *reader, void *out, uint32_t out_length
     return poll_one(reader, out, out_length);
 }
 
+/* Sleep on the header's wake_seq until the writer publishes (or `max_ns` pass); the slot state
+ * seen at the last look (see "Parking" in ring_layout.h). */
+static int park_until_published(pyseq_reader_t *reader, const pyseq_frame_t *f, int64_t max_ns)
+{
+    pyseq_ring_header_t *h = reader->ring.header;
+    pyseq_cursor_t *park = reader->ring.cursors; /* entry 0 holds the ring-wide counters */
+    if (!reader->blocking) {
+        pyseq_fetch_add_u32(&park->blocking_readers, 1);
+        reader->blocking = 1;
+    }
+    uint32_t w = pyseq_load_acquire_u32(&h->wake_seq);
+    pyseq_fetch_add_u32(&park->park_seq, 1);
+    pyseq_fetch_add_u32(&park->parked_readers, 1); /* seq_cst: before the last look at the slot */
+    int state = slot_state(reader, f, reader->next_sequence);
+    if (state == 0) {
+        struct timespec ts = {max_ns / 1000000000LL, max_ns % 1000000000LL};
+        futex(&h->wake_seq, FUTEX_WAIT, w, &ts); /* returns at a wake, a timeout, a signal, or w stale */
+        state = slot_state(reader, f, reader->next_sequence);
+    }
+    pyseq_fetch_sub_u32(&park->parked_readers, 1);
+    return state;
+}
+
+void pyseq_reader_unblock(pyseq_reader_t *reader)
+{
+    if (reader->blocking) {
+        pyseq_fetch_sub_u32(&reader->ring.cursors->blocking_readers, 1);
+        reader->blocking = 0;
+    }
+}
+
 /* Wait until the next sequence is published: 1, or PYSEQ_EMPTY on timeout, or PYSEQ_ELAPPED. */
 static int64_t wait_next(pyseq_reader_t *reader, int64_t timeout_ns, const pyseq_idle_t *idle)
 {
@@ -308,8 +343,14 @@ static int64_t wait_next(pyseq_reader_t *reader, int64_t timeout_ns, const pyseq
     idle_state_t st;
     idle_start(idle, &st);
     for (;;) {
-        idle_step(idle, &st);
-        state = slot_state(reader, f, reader->next_sequence);
+        if (idle->kind == PYSEQ_IDLE_BLOCKING && st.iterations >= (uint64_t)idle->spins + idle->yields) {
+            int64_t left = deadline - pyseq_clock_monotonic_ns();
+            state = park_until_published(reader, f, left < idle->max_park_ns ? (left > 0 ? left : 1) : idle->max_park_ns);
+            st.iterations++;
+        } else {
+            idle_step(idle, &st);
+            state = slot_state(reader, f, reader->next_sequence);
+        }
         if (state != 0)
             return state;
         if (idle_clock_due(idle, &st)) {

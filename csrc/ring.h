@@ -24,6 +24,8 @@
 #define PYSEQ_IDLE_BUSY_SPIN 0  /* pause instruction only: lowest latency, burns a core */
 #define PYSEQ_IDLE_SPIN_YIELD 1 /* spin `spins` times, then sched_yield */
 #define PYSEQ_IDLE_BACKOFF 2    /* spin, yield, then sleep from min_park_ns doubling to max_park_ns */
+#define PYSEQ_IDLE_BLOCKING 3   /* a reader: spin, yield, then sleep on a futex until the writer publishes
+                                   (at most max_park_ns a sleep); elsewhere it backs off like BACKOFF */
 
 typedef struct pyseq_idle_s {
     int32_t kind;
@@ -52,6 +54,8 @@ typedef struct pyseq_writer_s {
     int64_t watch_ns;        /* > 0: a publish returns PYSEQ_EWATCH once per this interval, so the
                                 caller can check what it watches (a client: its sequencer) */
     int64_t watched_ns;      /* when it last did */
+    uint32_t woke_nobody_at; /* writer-local: park_seq + 1 when a FUTEX_WAKE last woke nobody (0: none) */
+    uint32_t pad;
 } pyseq_writer_t;
 
 typedef struct pyseq_reader_s {
@@ -61,6 +65,7 @@ typedef struct pyseq_reader_s {
     int64_t lapped_by;       /* after PYSEQ_ELAPPED: the sequence found in the slot */
     int64_t durable;         /* 1: see only what the journal holds (header journaled_sequence) */
     int64_t journaled;       /* reader-local: the journaled_sequence last loaded */
+    int64_t blocking;        /* 1: counted in the header's blocking_readers (a blocking wait ran) */
 } pyseq_reader_t;
 
 int64_t pyseq_clock_realtime_ns(void);
@@ -102,6 +107,8 @@ int64_t pyseq_reader_read_batch(pyseq_reader_t *reader, void *out, int64_t limit
 int64_t pyseq_reader_wait(pyseq_reader_t *reader, int64_t timeout_ns, const pyseq_idle_t *idle);
 void pyseq_reader_heartbeat(pyseq_reader_t *reader);
 void pyseq_reader_skip_to(pyseq_reader_t *reader, int64_t sequence);
+/* A reader that ran a blocking wait leaves the header's blocking_readers (call when it closes). */
+void pyseq_reader_unblock(pyseq_reader_t *reader);
 
 int pyseq_cursor_claim(pyseq_cursor_t *cursor, uint32_t expected_state, int64_t pid);
 void pyseq_cursor_activate(pyseq_cursor_t *cursor, int64_t sequence, uint32_t gating, int64_t pid, const char *name);

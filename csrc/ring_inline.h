@@ -5,10 +5,14 @@
 #ifndef PYSEQ_RING_INLINE_H
 #define PYSEQ_RING_INLINE_H
 
+#include <linux/futex.h>
 #include <sched.h>
+#include <stdint.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "atomics.h"
 #include "ring.h"
@@ -41,6 +45,32 @@ static inline void idle_park(int64_t park_ns)
     nanosleep(&ts, NULL);
     if (lowered)
         prctl(PR_SET_TIMERSLACK, (unsigned long)own, 0, 0, 0);
+}
+
+/* ---- parking on the writer (PYSEQ_IDLE_BLOCKING; the protocol is in ring_layout.h, "Parking") -- */
+
+static inline long futex(uint32_t *word, int op, uint32_t value, const struct timespec *timeout)
+{
+    return syscall(SYS_futex, word, op, value, timeout, NULL, 0); /* shared: the word is in shm */
+}
+
+/* The writer's side, after it moved published_sequence (or the journaler journaled_sequence).
+ * `woke_nobody_at`: the caller's memory of park_seq + 1 at a wake that woke nobody (NULL: none). */
+static inline void wake_parked(pyseq_ring_header_t *h, pyseq_cursor_t *cursors, uint32_t *woke_nobody_at)
+{
+    pyseq_cursor_t *park = cursors; /* entry 0 holds the ring-wide counters */
+    if (pyseq_load_relaxed_u32(&park->blocking_readers) == 0)
+        return;
+    pyseq_fence_seq_cst(); /* the publish before the look at parked_readers: pairs with the reader's RMW */
+    if (pyseq_load_relaxed_u32(&park->parked_readers) == 0)
+        return;
+    uint32_t parks = pyseq_load_relaxed_u32(&park->park_seq) + 1;
+    if (woke_nobody_at && *woke_nobody_at == parks)
+        return; /* no park since a wake that found nobody asleep: the count is a dead reader's */
+    pyseq_fetch_add_u32(&h->wake_seq, 1);
+    long woken = futex(&h->wake_seq, FUTEX_WAKE, INT32_MAX, NULL);
+    if (woke_nobody_at)
+        *woke_nobody_at = woken == 0 ? parks : 0;
 }
 
 static inline void idle_step(const pyseq_idle_t *idle, idle_state_t *st)

@@ -94,7 +94,13 @@
  *   |                        journal_id                             | 408  0 never, 1 interval, 2 batch.
  *   |                                                               |      errors: failed writes/fsyncs.
  *   +---------------------------------------------------------------+      journal_id: the journal
- *   |                   reserved, zero, to 1024                     | 416  directory's id (its ID file)
+ *   |                   pad to 512                                  | 416  directory's id (its ID file)
+ *   +---------------------------------------------------------------+
+ *   |                          wake_seq                             | 512  own line (layout 1.2): the
+ *   +---------------------------------------------------------------+      futex word blocking readers
+ *   |                   reserved, zero, to 1024                     | 516  sleep on; the writer adds 1
+ *   |                                                               |      and wakes them ("Parking")
+ *   +---------------------------------------------------------------+
  *   |                     notes[3072]                               | 1024 the writer's notes: UTF-8,
  *   ...                                                           ...     NUL-terminated; written once
  *   +---------------------------------------------------------------+     before anyone depends on them
@@ -124,7 +130,13 @@
  *   |                         held_count                            |  64  times the owner left published
  *   |                                                               |      messages unread by its own policy
  *   +---------------------------------------------------------------+      (the sequencer's rate limit)
- *   |                         pad to 128                            |  72
+ *   |                         pad to 116                            |  72
+ *   +---------------------------------------------------------------+
+ *   |                          park_seq                             | 116  entry 0 only, ring-wide
+ *   +---------------------------------------------------------------+
+ *   |                      blocking_readers                         | 120  entry 0 only, ring-wide
+ *   +---------------------------------------------------------------+      (layout 1.2; "Parking"):
+ *   |                       parked_readers                          | 124  atomic add/sub by readers
  *   +---------------------------------------------------------------+
  *
  * A slot (slot_size bytes, a multiple of 64; slot of sequence s is at slots + (s & (capacity-1)) * slot_size)
@@ -193,6 +205,27 @@
  * Eviction: the writer (or any process that finds the owner dead) CASes ACTIVE -> EVICTED and
  * increments header.eviction_count; the writer ignores cursors that are not ACTIVE.
  *
+ * Parking (the blocking idle strategy, layout 1.2)
+ * ================================================
+ * blocking_readers and parked_readers are ring-wide counters in cursor entry 0 (the cursor table
+ * is the part every reader may write); wake_seq is in the header, written by the writer only
+ * (FUTEX_WAIT needs only read access).
+ * A reader of PYSEQ_IDLE_BLOCKING adds 1 to blocking_readers once (subtracts it when it closes).
+ * To sleep on sequence s it loads w = wake_seq, adds 1 to park_seq and to parked_readers (seq_cst), looks at
+ * slot s once more, and only if s is still unpublished calls FUTEX_WAIT(wake_seq, w) with a timeout
+ * (max_park_ns: the bound for a writer that never wakes anyone, e.g. one of layout 1.1); then it
+ * subtracts 1 from parked_readers.  The writer, after publish step 4 (and the journaler after
+ * moving journaled_sequence), loads blocking_readers (relaxed); if it is not 0: a seq_cst fence,
+ * then if parked_readers is not 0, adds 1 to wake_seq and FUTEX_WAKEs all.  The reader's RMW and
+ * the writer's fence order "parked, then look at the slot" against "publish, then look at parked":
+ * either the reader sees s published, or the writer sees it parked and wakes it (a wake that comes
+ * before the FUTEX_WAIT makes the wait return at once: wake_seq is no longer w).  A ring without
+ * blocking readers costs the writer one relaxed load per publish.  A reader that died while
+ * registered leaves blocking_readers above 0: the writer then pays the fence on every publish
+ * until the ring is made again.  A reader killed while asleep leaves parked_readers above 0 too: a
+ * writer whose FUTEX_WAKE woke nobody remembers park_seq (every park adds 1 to it) and wakes again
+ * only once park_seq has moved, so a dead sleeper costs it a fence per publish, not a system call.
+ *
  * Memory ordering, as pairs
  * =========================
  *   writer store-release slot.sequence (publish step 3)  <->  reader load-acquire slot.sequence (read step 1)
@@ -212,7 +245,7 @@
 
 #define PYSEQ_RING_MAGIC 0x474E525145535950ULL /* "PYSEQRNG" read as a little-endian u64 */
 #define PYSEQ_RING_LAYOUT_MAJOR 1u
-#define PYSEQ_RING_LAYOUT_MINOR 1u /* 1: journal_state, journal_fsync, journal_errors */
+#define PYSEQ_RING_LAYOUT_MINOR 2u /* 1: journal_state, journal_fsync, journal_errors; 2: parked readers */
 #define PYSEQ_RING_LAYOUT_VERSION ((PYSEQ_RING_LAYOUT_MAJOR << 16) | PYSEQ_RING_LAYOUT_MINOR)
 
 #define PYSEQ_RING_HEADER_LENGTH 4096
@@ -275,7 +308,10 @@ typedef struct pyseq_ring_header_s {
     uint32_t journal_fsync;   /* the journaler only, relaxed: PYSEQ_FSYNC_* */
     uint64_t journal_errors;  /* the journaler only, relaxed: failed writes and fsyncs */
     uint64_t journal_id;      /* the journaler, before it runs: which journal this ring is written to */
-    uint8_t pad_journaled[PYSEQ_RING_NOTES_OFFSET - 3 * PYSEQ_PADDED_LINE - 4 * sizeof(int64_t)];
+    uint8_t pad_journaled[PYSEQ_PADDED_LINE - 4 * sizeof(int64_t)];
+    /* the wake-up word (layout 1.2): the futex readers of the blocking idle strategy sleep on */
+    uint32_t wake_seq;         /* writer (and journaler) only: add 1, then FUTEX_WAKE every sleeper */
+    uint8_t pad_wake[PYSEQ_RING_NOTES_OFFSET - 4 * PYSEQ_PADDED_LINE - sizeof(uint32_t)];
     /* the writer's notes: written by the writer, read by anyone */
     char notes[PYSEQ_RING_NOTES_LENGTH];
 } pyseq_ring_header_t;
@@ -288,7 +324,12 @@ typedef struct pyseq_cursor_s {
     int64_t heartbeat_ns;  /* owner, relaxed */
     char name[PYSEQ_CURSOR_NAME_LENGTH];
     uint64_t held_count;   /* owner, relaxed */
-    uint8_t pad[PYSEQ_PADDED_LINE - 72];
+    uint8_t pad[PYSEQ_PADDED_LINE - 84];
+    /* ring-wide, in entry 0 only (layout 1.2; zero and unused in the others): the header is read-only
+     * to readers, the cursor table is not.  Atomic add/sub by readers of the blocking idle strategy. */
+    uint32_t park_seq;         /* parks begun, ever (wraps): tells a new sleeper from a dead one's count */
+    uint32_t blocking_readers; /* readers that may park; 0: the writer does not look for sleepers */
+    uint32_t parked_readers;   /* readers asleep on header.wake_seq now */
 } pyseq_cursor_t;
 
 typedef struct pyseq_frame_s {
@@ -324,6 +365,7 @@ _Static_assert(offsetof(pyseq_ring_header_t, journal_state) == 392, "journal_sta
 _Static_assert(offsetof(pyseq_ring_header_t, journal_fsync) == 396, "journal_fsync");
 _Static_assert(offsetof(pyseq_ring_header_t, journal_errors) == 400, "journal_errors");
 _Static_assert(offsetof(pyseq_ring_header_t, journal_id) == 408, "journal_id");
+_Static_assert(offsetof(pyseq_ring_header_t, wake_seq) == 512, "wake_seq");
 _Static_assert(offsetof(pyseq_ring_header_t, notes) == 1024, "notes");
 _Static_assert(sizeof(pyseq_ring_header_t) == PYSEQ_RING_HEADER_LENGTH, "header is one page");
 
@@ -332,6 +374,9 @@ _Static_assert(offsetof(pyseq_cursor_t, state) == 8, "cursor.state");
 _Static_assert(offsetof(pyseq_cursor_t, gating) == 12, "cursor.gating");
 _Static_assert(offsetof(pyseq_cursor_t, pid) == 16, "cursor.pid");
 _Static_assert(offsetof(pyseq_cursor_t, heartbeat_ns) == 24, "cursor.heartbeat_ns");
+_Static_assert(offsetof(pyseq_cursor_t, park_seq) == 116, "cursor.park_seq");
+_Static_assert(offsetof(pyseq_cursor_t, blocking_readers) == 120, "cursor.blocking_readers");
+_Static_assert(offsetof(pyseq_cursor_t, parked_readers) == 124, "cursor.parked_readers");
 _Static_assert(offsetof(pyseq_cursor_t, name) == 32, "cursor.name");
 _Static_assert(offsetof(pyseq_cursor_t, held_count) == 64, "cursor.held_count");
 _Static_assert(sizeof(pyseq_cursor_t) == PYSEQ_PADDED_LINE, "cursor is 128 bytes");

@@ -1,5 +1,6 @@
 /* sequencer.c - inbound rings -> sequenced ring copy loop with per-client rate limits (sequencer.h). */
 #define _POSIX_C_SOURCE 200809L
+#define _DEFAULT_SOURCE /* syscall(2) for the futex */
 
 #include "sequencer.h"
 

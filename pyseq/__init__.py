@@ -11,7 +11,7 @@ from .errors import (BackPressureError, ClientNameInUseError, EndOfStreamError, 
                      RingPermissionError, SchemaCompatibilityError, SchemaError, SequencerNotRunningError,
                      SequencerStoppedError, TimeoutError, WriterStalledError, NatsError, NatsConfigError, BridgeError,
                      RemoteError)
-from .idle import BackoffIdle, BusySpin, IdleStrategy, SpinYield, default_idle
+from .idle import BackoffIdle, BlockingIdle, BusySpin, IdleStrategy, SpinYield, default_idle
 from .message import FRAME_LENGTH, Message, batch_dtype, batch_payloads
 from .ring import Reader, Ring
 from .sequencer import CLIENT_JOINED, CLIENT_LEFT, END_OF_STREAM, SYSTEM_FIRST, Limit, Limits, Sequencer
@@ -31,7 +31,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Ring", "Reader", "Message", "Sequencer", "Client", "Limit", "Limits",
     "SYSTEM_FIRST", "CLIENT_JOINED", "CLIENT_LEFT", "END_OF_STREAM", "Record", "schema", "check_compatible", "FRAME_LENGTH", "batch_dtype", "batch_payloads",
-    "IdleStrategy", "BusySpin", "SpinYield", "BackoffIdle", "default_idle",
+    "IdleStrategy", "BusySpin", "SpinYield", "BackoffIdle", "BlockingIdle", "default_idle",
     "PyseqError", "RingNameError", "RingNotFoundError", "RingExistsError",
     "RingFormatError", "RingNotReadyError", "RingClosedError", "RingConfigError", "RingPermissionError",
     "NotWriterError", "EndOfStreamError", "ReaderTableFullError", "ReaderEvictedError", "LappedError", "BackPressureError",

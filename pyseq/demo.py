@@ -1143,7 +1143,7 @@ class Demo:
             if f["recovered_after_s"] is None:
                 problems.append(f"chaos: {f['process']} killed at {f['killed_at_s']} s never recovered")
         report = {
-            "ok": not problems, "problems": problems, "ring": self.ring, "dir": self.dir if self.keep_dir else None,
+            "ok": not problems, "problems": problems, "ring": self.ring, "dir": self.dir, "dir_kept": self.keep_dir,
             "duration_s": self.duration, "run_s": round(run_s, 3), "cores": self.cores, "idle": self.idle,
             "final_seq": final_seq, "journal_records": info["records"], "journal_last_seq": info["last_seq"],
             "throughput_msg_s": round(sequenced / run_s, 1),
@@ -1293,13 +1293,20 @@ def add_parser(sub: Any) -> None:
 def _run_demo(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    demo = Demo(args)
+    demo: Optional[Demo] = None
+    caught: list[str] = []
 
     def on_signal(signum: int, _frame: Any) -> None:
-        demo.interrupted = signal.Signals(signum).name
+        caught.append(signal.Signals(signum).name)
+        if demo is not None:
+            demo.interrupted = caught[0]
 
+    # the handlers first: a Ctrl-C while the demo is being set up stops it the same orderly way
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
+        demo = Demo(args)
+        if caught:
+            demo.interrupted = caught[0]
         return demo.run()
     except _Interrupted as e:
         print(f"\npyseq demo: {e} received: stopping every process", file=sys.stderr, flush=True)
@@ -1309,7 +1316,8 @@ def _run_demo(args: argparse.Namespace) -> int:
         return 1
     finally:
         try:
-            demo.cleanup()
+            if demo is not None:
+                demo.cleanup()
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)

@@ -3,7 +3,7 @@
 Each strategy is a small value object; the waiting itself happens in C with the GIL released.
 Busy-spin is the product's default for production readers (lowest latency, burns one core).
 On a small machine, or in tests, use :class:`BackoffIdle`; the environment variable
-``PYSEQ_IDLE`` (``busy-spin``, ``spin-yield`` or ``backoff``) changes the default for every
+``PYSEQ_IDLE`` (``busy-spin``, ``spin-yield``, ``backoff`` or ``blocking``) changes the default for every
 reader and writer that does not name one.
 """
 from __future__ import annotations
@@ -38,7 +38,7 @@ class IdleStrategy:
     @property
     def name(self) -> str:
         return {lib.PYSEQ_IDLE_BUSY_SPIN: "busy-spin", lib.PYSEQ_IDLE_SPIN_YIELD: "spin-yield",
-                lib.PYSEQ_IDLE_BACKOFF: "backoff"}[self.kind]
+                lib.PYSEQ_IDLE_BACKOFF: "backoff", lib.PYSEQ_IDLE_BLOCKING: "blocking"}[self.kind]
 
 
 def BusySpin() -> IdleStrategy:  # noqa: N802 - reads as a class at the call site
@@ -58,7 +58,19 @@ def BackoffIdle(spins: int = 100, yields: int = 10, min_park_ns: int = 1_000,  #
                         min_park_ns=min_park_ns, max_park_ns=max_park_ns)
 
 
-_BY_NAME = {"busy-spin": BusySpin, "spin-yield": SpinYield, "backoff": BackoffIdle}
+def BlockingIdle(spins: int = 100, yields: int = 10, max_park_ns: int = 10_000_000) -> IdleStrategy:  # noqa: N802
+    """A reader spins, yields, then sleeps in the kernel (a futex in the ring) until the writer
+    publishes: no CPU while idle and a wake-up as soon as a message comes, like a pipe's reader (the
+    Disruptor's BlockingWaitStrategy).  The writer pays one relaxed load per publish while no reader
+    of the ring blocks, a fence while one does, and a FUTEX_WAKE system call only when a reader is
+    asleep.  ``max_park_ns`` bounds one sleep (a writer of an older layout never wakes anyone).
+    Where something else waits (a writer for a gating reader, the sequencer, the journaler) it backs
+    off like :func:`BackoffIdle`."""
+    return IdleStrategy(lib.PYSEQ_IDLE_BLOCKING, spins=spins, yields=yields, min_park_ns=1_000,
+                        max_park_ns=max_park_ns)
+
+
+_BY_NAME = {"busy-spin": BusySpin, "spin-yield": SpinYield, "backoff": BackoffIdle, "blocking": BlockingIdle}
 
 
 def default_idle() -> IdleStrategy:

@@ -74,6 +74,7 @@ class RemoteReader:
         self._consumer: Optional[str] = None
         self._inbox = ""
         self._heard = 0.0
+        self._fed = 0.0  # when the consumer last gave a message (heartbeats do not count)
         self._watch: Optional[asyncio.Task] = None
         self._io = jetstream.LoopThread(self.name)
         self._recreating = False
@@ -263,7 +264,7 @@ class RemoteReader:
         self._inbox = self._nc.new_inbox()
         self._outstanding = 0
         self._sub = await self._nc.subscribe(self._inbox, cb=self._on_msg)
-        self._heard = time.monotonic()
+        self._heard = self._fed = time.monotonic()
         await self._pull_async(force=True)
 
     def _pull(self) -> None:
@@ -306,6 +307,7 @@ class RemoteReader:
             await self._pull_async()
             return
         self._outstanding = max(0, self._outstanding - 1)
+        self._fed = self._heard
         data = msg.data
         seq = jetstream.frame_sequence(data)
         if seq == self._expected:
@@ -359,8 +361,20 @@ class RemoteReader:
             if self._recreating:
                 continue
             waiting = self._outstanding > 0 or self._consumer is None
-            if waiting and time.monotonic() - self._heard > SILENCE_S:
+            now = time.monotonic()
+            if waiting and now - self._heard > SILENCE_S:
                 await self._recreate(f"no word from the consumer for {SILENCE_S} s")
+            elif waiting and now - self._fed > SILENCE_S:
+                # heartbeats but no message: after a stream leader change a consumer can go on beating
+                # while it delivers nothing; if the stream holds what we wait for, make it again
+                self._fed = now
+                try:
+                    last = await self._last_sequence()
+                except Exception:
+                    continue
+                if last >= self._expected:
+                    await self._recreate(f"the consumer sent nothing for {SILENCE_S} s while the stream holds "
+                                         f"up to {last}")
             elif self._outstanding == 0 and len(self._queue) < self.window // 2:
                 await self._pull_async()
 

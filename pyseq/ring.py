@@ -1012,6 +1012,8 @@ class Reader(HotReader):
             return
         self._closed = True
         self._unbind()
+        if not self.ring.closed:
+            lib.pyseq_reader_unblock(self._c)  # it no longer parks: the writer stops looking for it
         if release and not self.ring.closed:
             lib.pyseq_cursor_release(self._cursor)
         self.ring._release_reader(self)

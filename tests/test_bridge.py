@@ -424,12 +424,14 @@ def test_in_a_3_node_cluster_the_bridge_and_a_reader_go_on_when_the_stream_leade
     url = urls(nats_cluster)
     seen: list[int] = []
     reader_failure: list[BaseException] = []
+    readers: list[pyseq.RemoteReader] = []
     reading = threading.Event()
     done = threading.Event()
 
     def read_all() -> None:
         try:
             with pyseq.RemoteReader(url, "R3", start=1) as reader:
+                readers.append(reader)
                 reading.set()
                 while not done.is_set() or reader.lag:
                     seen.extend(m.seq for m in reader.read_messages(4096, timeout=0.2))
@@ -458,7 +460,14 @@ def test_in_a_3_node_cluster_the_bridge_and_a_reader_go_on_when_the_stream_leade
                 pub.finish()
                 last = seq.ring.published_sequence
                 wait_until(lambda: bridge.acked >= last, f"the bridge to reach {last}", 60)
-                wait_until(lambda: len(seen) >= last or reader_failure, "the reader to see everything", 60)
+                try:
+                    wait_until(lambda: len(seen) >= last or reader_failure, "the reader to see everything", 60)
+                except AssertionError:  # say where the reader stands
+                    r = readers[0]
+                    raise AssertionError(f"the reader saw {len(seen)} of {last}: expects {r._expected}, "
+                                         f"{r._outstanding} asked for, consumer {r._consumer}, made again "
+                                         f"{r.recreated} times, last heard {time.monotonic() - r._heard:.1f} s ago, "
+                                         f"last fed {time.monotonic() - r._fed:.1f} s ago") from None
             finally:
                 done.set()
                 reader.join(30)

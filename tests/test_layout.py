@@ -20,9 +20,10 @@ HEADER_OFFSETS = {
     "cursors_offset": 32, "slots_offset": 40, "file_length": 48, "created_ns": 56, "first_sequence": 64,
     "name": 72, "writer_pid": 128, "writer_heartbeat_ns": 136, "eviction_count": 144, "writer_state": 152,
     "published_sequence": 256, "journaled_sequence": 384, "journal_state": 392, "journal_fsync": 396,
-    "journal_errors": 400, "journal_id": 408,
+    "journal_errors": 400, "journal_id": 408, "wake_seq": 512,
 }
-CURSOR_OFFSETS = {"sequence": 0, "state": 8, "gating": 12, "pid": 16, "heartbeat_ns": 24, "name": 32}
+CURSOR_OFFSETS = {"sequence": 0, "state": 8, "gating": 12, "pid": 16, "heartbeat_ns": 24, "name": 32,
+                  "held_count": 64, "park_seq": 116, "blocking_readers": 120, "parked_readers": 124}
 FRAME_OFFSETS = {"sequence": 0, "timestamp_ns": 8, "length": 16, "msg_type": 20, "schema_version": 22,
                  "source": 24, "origin": 28}
 FIELD_SIZES = {
@@ -31,8 +32,9 @@ FIELD_SIZES = {
                             "first_sequence": 8, "name": 56, "writer_pid": 8, "writer_heartbeat_ns": 8,
                             "eviction_count": 8, "writer_state": 4, "published_sequence": 8,
                             "journaled_sequence": 8, "journal_state": 4, "journal_fsync": 4,
-                            "journal_errors": 8, "journal_id": 8},
-    "pyseq_cursor_t": {"sequence": 8, "state": 4, "gating": 4, "pid": 8, "heartbeat_ns": 8, "name": 32},
+                            "journal_errors": 8, "journal_id": 8, "wake_seq": 4},
+    "pyseq_cursor_t": {"sequence": 8, "state": 4, "gating": 4, "pid": 8, "heartbeat_ns": 8, "name": 32,
+                       "held_count": 8, "park_seq": 4, "blocking_readers": 4, "parked_readers": 4},
     "pyseq_frame_t": {"sequence": 8, "timestamp_ns": 8, "length": 4, "msg_type": 2, "schema_version": 2,
                       "source": 4, "origin": 4},
 }
