@@ -47,11 +47,14 @@ def ring_names() -> Iterator[Callable[[], str]]:
         yield new
     finally:
         for name in made:
-            try:
-                pyseq.Ring.remove(name)
-            except OSError:
-                if os.path.lexists(shm_file(name)):
-                    os.unlink(shm_file(name))
+            # the ring, and the inbound rings of its clients: a client that closed after its sequencer
+            # stopped leaves its ring for the next sequencer, as documented
+            for path in [shm_file(name)] + glob.glob(glob.escape(shm_file(name)) + ".in.*"):
+                try:
+                    pyseq.Ring.remove(path[len("/dev/shm/pyseq."):])
+                except OSError:
+                    if os.path.lexists(path):
+                        os.unlink(path)
 
 
 @pytest.fixture
