@@ -88,9 +88,7 @@ def import_pyseq():
 
 
 def pyseq_idle(name: str):
-    pyseq = import_pyseq()
-    return {"busy-spin": pyseq.BusySpin, "spin-yield": pyseq.SpinYield, "backoff": pyseq.BackoffIdle,
-            "blocking": pyseq.BlockingIdle}[name]()
+    return import_pyseq().idle.idle_named(name)
 
 
 def _require(module: str, package: str) -> None:

@@ -65,7 +65,7 @@ typedef struct pyseq_reader_s {
     int64_t lapped_by;       /* after PYSEQ_ELAPPED: the sequence found in the slot */
     int64_t durable;         /* 1: see only what the journal holds (header journaled_sequence) */
     int64_t journaled;       /* reader-local: the journaled_sequence last loaded */
-    int64_t blocking;        /* 1: counted in the header's blocking_readers (a blocking wait ran) */
+    int64_t blocking;        /* 1: counted in blocking_readers (cursor entry 0): a blocking wait ran */
 } pyseq_reader_t;
 
 int64_t pyseq_clock_realtime_ns(void);
@@ -107,7 +107,7 @@ int64_t pyseq_reader_read_batch(pyseq_reader_t *reader, void *out, int64_t limit
 int64_t pyseq_reader_wait(pyseq_reader_t *reader, int64_t timeout_ns, const pyseq_idle_t *idle);
 void pyseq_reader_heartbeat(pyseq_reader_t *reader);
 void pyseq_reader_skip_to(pyseq_reader_t *reader, int64_t sequence);
-/* A reader that ran a blocking wait leaves the header's blocking_readers (call when it closes). */
+/* A reader that ran a blocking wait leaves blocking_readers (cursor entry 0); call when it closes. */
 void pyseq_reader_unblock(pyseq_reader_t *reader);
 
 int pyseq_cursor_claim(pyseq_cursor_t *cursor, uint32_t expected_state, int64_t pid);

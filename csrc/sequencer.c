@@ -125,25 +125,16 @@ int64_t pyseq_sequencer_run(pyseq_sequencer_t *seq, int64_t duration_ns, const p
     int64_t total = 0;
     int64_t deadline = pyseq_clock_monotonic_ns() + duration_ns;
     pyseq_store_relaxed(&seq->out->ring.header->writer_heartbeat_ns, pyseq_clock_realtime_ns());
-    uint64_t quiet = 0;
-    int64_t park_ns = idle->min_park_ns > 0 ? idle->min_park_ns : 1000;
+    idle_state_t st;
+    idle_start(idle, &st);
     for (;;) {
         int64_t moved = pyseq_sequencer_round(seq);
         total += moved;
         if (moved > 0) {
-            quiet = 0;
-            park_ns = idle->min_park_ns > 0 ? idle->min_park_ns : 1000;
+            idle_start(idle, &st);
         } else {
             seq->idle_rounds++;
-            uint64_t q = quiet++;
-            if (idle->kind == PYSEQ_IDLE_BUSY_SPIN || q < idle->spins) {
-                pyseq_cpu_relax();
-            } else if (idle->kind == PYSEQ_IDLE_SPIN_YIELD || q < (uint64_t)idle->spins + idle->yields) {
-                sched_yield();
-            } else {
-                idle_park(park_ns);
-                park_ns = park_ns * 2 > idle->max_park_ns ? idle->max_park_ns : park_ns * 2;
-            }
+            idle_step(idle, &st);
         }
         if (pyseq_clock_monotonic_ns() >= deadline) { /* a vDSO read; a round costs more */
             pyseq_store_relaxed(&seq->out->ring.header->writer_heartbeat_ns, pyseq_clock_realtime_ns());

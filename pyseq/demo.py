@@ -78,6 +78,8 @@ import traceback
 import uuid
 from typing import Any, Callable, Optional
 
+from .idle import idle_named
+
 SPAWN = mp.get_context("spawn")
 
 # slots of the shared status array (last sequence applied by each process; -1: not running)
@@ -132,11 +134,6 @@ def _child_setup(idle: str, parent: int) -> None:
             time.sleep(0.2)
 
     threading.Thread(target=watchdog, daemon=True).start()
-
-
-def _idle(name: str) -> Any:
-    from .idle import BackoffIdle, BusySpin, SpinYield
-    return {"busy-spin": BusySpin, "spin-yield": SpinYield, "backoff": BackoffIdle}[name]()
 
 
 def _child(fn: Callable[..., Any], label: str, results: Any, idle: str, parent: int, *args: Any) -> None:
@@ -232,8 +229,8 @@ class _Watcher:
 
 def _sequencer(label: str, results: Any, idle: str, ring: str, journal: str, journal_idle: str, stop: Any) -> None:
     from .sequencer import Sequencer
-    seq = Sequencer(ring, capacity=1 << 16, journal=journal, fsync="batch", idle=_idle(idle),
-                    journal_idle=_idle(journal_idle))
+    seq = Sequencer(ring, capacity=1 << 16, journal=journal, fsync="batch", idle=idle_named(idle),
+                    journal_idle=idle_named(journal_idle))
     results.put((label, "ready", os.getpid()))
     try:
         while not stop.is_set():
@@ -337,7 +334,7 @@ def _oms(label: str, results: Any, idle: str, ring: str, journal: str, snapshots
     machine = _observed(ReferenceData)(watcher)
     # a restarted incarnation recovers from its own latest snapshot (then the journal)
     replica = Replica(machine, ring=ring, journal=journal, snapshots=snapshots,
-                      snapshot_from=snapshot_from if incarnation == 0 else None, name=label, idle=_idle(idle))
+                      snapshot_from=snapshot_from if incarnation == 0 else None, name=label, idle=idle_named(idle))
     started = time.monotonic()
     replica.run_until_caught_up(timeout=60)
     caught = {"after_s": round(time.monotonic() - started, 3), "at_seq": replica.last_applied,
@@ -495,7 +492,7 @@ def _sor(label: str, results: Any, idle: str, ring: str, journal: str, snapshots
 
     watcher.extra = route
     machine = _observed(_sor_machine())(watcher)
-    replica = Replica(machine, ring=ring, journal=journal, snapshots=snapshots, name=label, idle=_idle(idle))
+    replica = Replica(machine, ring=ring, journal=journal, snapshots=snapshots, name=label, idle=idle_named(idle))
     started = time.monotonic()
     # connect first: a killed predecessor's inbound ring is drained before this one is taken, so once
     # connected, everything it submitted is in the stream and catching up sees its echo

@@ -73,10 +73,15 @@ def BlockingIdle(spins: int = 100, yields: int = 10, max_park_ns: int = 10_000_0
 _BY_NAME = {"busy-spin": BusySpin, "spin-yield": SpinYield, "backoff": BackoffIdle, "blocking": BlockingIdle}
 
 
-def default_idle() -> IdleStrategy:
-    """The strategy named by ``PYSEQ_IDLE``, busy-spin if it is unset."""
-    name = os.environ.get("PYSEQ_IDLE", "busy-spin")
+def idle_named(name: str, said_as: str = "idle strategy ") -> IdleStrategy:
+    """The strategy called ``name`` (busy-spin, spin-yield, backoff, blocking) with its defaults;
+    ValueError naming it (``said_as`` + its repr) if there is none of that name."""
     try:
         return _BY_NAME[name]()
     except KeyError:
-        raise ValueError(f"PYSEQ_IDLE={name!r}: expected one of {', '.join(_BY_NAME)}") from None
+        raise ValueError(f"{said_as}{name!r}: expected one of {', '.join(_BY_NAME)}") from None
+
+
+def default_idle() -> IdleStrategy:
+    """The strategy named by ``PYSEQ_IDLE``, busy-spin if it is unset."""
+    return idle_named(os.environ.get("PYSEQ_IDLE", "busy-spin"), "PYSEQ_IDLE=")

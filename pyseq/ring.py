@@ -742,8 +742,7 @@ class Ring(HotWriter):
 
         The writer holds an exclusive flock on the ring while it lives (the kernel drops it when the
         process ends, before it is even reaped): a shared flock that succeeds means it is gone."""
-        h = self._mapping().header
-        if int(h.writer_state) == lib.PYSEQ_WRITER_CLOSED:
+        if self.writer_closed:
             return True
         if self.is_writer:
             return False

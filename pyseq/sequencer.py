@@ -381,8 +381,7 @@ class Sequencer:
                           self.name, client.name, int(entry.status))
                 self._leave(client)
             elif lib.pyseq_inbound_pending(entry) == 0 and (
-                    int(client.ring._mapping().header.writer_state) == lib.PYSEQ_WRITER_CLOSED  # closed: at once
-                    or (probe and client.ring.writer_gone)):  # its process ended
+                    client.ring.writer_closed or (probe and client.ring.writer_gone)):  # closed: at once; ended
                 self._leave(client)
 
     def _shm_changed(self) -> bool:

@@ -18,6 +18,7 @@ import pytest
 import pyseq
 from pyseq._native import ffi
 from childproc import Children
+from cliproc import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -30,13 +31,6 @@ def park_counters(ring: pyseq.Ring) -> tuple[int, int, int]:
     """(blocking_readers, parked_readers, park_seq): the ring-wide words in cursor entry 0."""
     c = ffi.cast("pyseq_cursor_t *", ring._mapping().cursors_ptr)
     return int(c.blocking_readers), int(c.parked_readers), int(c.park_seq)
-
-
-def wait_for(predicate: Any, what: str, timeout: float = 30.0) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < end, f"{what}: not within {timeout} s"
-        time.sleep(0.005)
 
 
 def blocking_reader(name: str, count: int, ready: Any, start: str = "earliest") -> dict[str, Any]:
@@ -73,7 +67,7 @@ def test_a_blocking_reader_gets_every_message_of_a_slow_writer_woken_by_each_pub
         assert park_counters(ring)[2] - parks_before > count // 2, park_counters(ring)
         assert got["median_delay_ns"] < TIMED_OUT_NS / 5, got["median_delay_ns"]
         assert got["cpu_share"] < 0.5, got["cpu_share"]
-        wait_for(lambda: park_counters(ring)[:2] == (0, 0), "the reader's counters to come back to 0")
+        wait_for(lambda: park_counters(ring)[:2] == (0, 0), "the reader's counters to come back to 0", 30)
 
 
 def test_a_blocking_read_with_nothing_published_times_out_and_leaves_no_count(ring_names: Any) -> None:
@@ -104,7 +98,7 @@ def test_a_blocking_reader_killed_while_asleep_leaves_the_writer_publishing_and_
         ready = children.event()
         children.start("sleeper", sleeper, ring_name, ready)
         assert ready.wait(30)
-        wait_for(lambda: park_counters(ring)[1] == 1, "the reader to fall asleep")
+        wait_for(lambda: park_counters(ring)[1] == 1, "the reader to fall asleep", 30)
         os.kill(children.pid("sleeper"), signal.SIGKILL)
         assert children.join("sleeper") == -signal.SIGKILL
         assert park_counters(ring)[:2] == (1, 1)  # a dead sleeper's counts stay (documented)

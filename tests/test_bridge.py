@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 import pyseq
-from cliproc import ENV, command, read_until, run, stop
+from cliproc import ENV, command, read_until, run, stop, wait_for
 from natsproc import NatsServer, free_port, start_cluster, start_server, urls
 from pyseq import jetstream
 from pyseq.refdata import AddInstrument, Halt, ReferenceData, Resume, UpdateInstrument
@@ -146,13 +146,7 @@ def stream_state(url: str, stream: str) -> Any:
 
 
 def wait_until(predicate: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"{what}: not within {timeout} s")
+    return wait_for(predicate, what, timeout)  # (30 s by default here: NATS elections are slow)
 
 
 def stream_last(url: str, stream: str) -> int:
